@@ -1,0 +1,74 @@
+"""The one model protocol every backend serves (torch, ONNX Runtime, transformers).
+
+A model hands out sessions; a session owns a KV cache over the tokens fed so far and can be
+truncated to any earlier position, which is how speculation rolls back rejected drafts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """Text <-> token ids."""
+
+    eos_id: int
+    bos_id: int
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+class LMSession(Protocol):
+    """One sequence's KV cache in a model."""
+
+    @property
+    def length(self) -> int:
+        """How many tokens the cache holds."""
+        ...
+
+    def extend(self, tokens: Sequence[int]) -> np.ndarray:
+        """Feed ``tokens``; return float32 logits [len(tokens), vocab], one row per fed token."""
+        ...
+
+    def truncate(self, length: int) -> None:
+        """Drop cached positions at and after ``length`` (0 <= length <= self.length)."""
+        ...
+
+
+class CausalLM(Protocol):
+    """A decoder-only language model with a truncatable KV cache."""
+
+    name: str
+    vocab_size: int
+    max_len: int
+
+    def session(self) -> LMSession:
+        """A fresh, empty session."""
+        ...
+
+    def extend_batch(
+        self, sessions: Sequence[LMSession], tokens: Sequence[Sequence[int]]
+    ) -> list[np.ndarray]:
+        """Extend several sessions in one pass where the backend can; same result as a loop."""
+        ...
+
+
+def extend_each(sessions: Sequence[LMSession], tokens: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """``extend_batch`` for backends without a batched kernel."""
+    return [s.extend(t) for s, t in zip(sessions, tokens, strict=True)]
+
+
+def check_tokens(tokens: Sequence[int], vocab_size: int) -> None:
+    """Raise ValueError naming the first token id outside [0, vocab_size)."""
+    for t in tokens:
+        if not 0 <= int(t) < vocab_size:
+            raise ValueError(f"token id {int(t)} outside the vocabulary of {vocab_size}")

@@ -1,0 +1,148 @@
+"""Native torch backend of the model protocol, with batched extension across sessions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.base import check_tokens
+from models.transformer import ModelConfig, TinyLM, causal_mask
+
+CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
+
+
+class TorchSession:
+    """A preallocated KV cache of one sequence; truncation only moves the length."""
+
+    def __init__(self, lm: TorchLM) -> None:
+        c = lm.cfg
+        self.lm = lm
+        self.keys = torch.zeros(c.n_layers, c.n_heads, c.max_len, c.head_dim)
+        self.values = torch.zeros_like(self.keys)
+        self._length = 0
+
+    @property
+    def length(self) -> int:
+        return self._length
+
+    def extend(self, tokens: Sequence[int]) -> np.ndarray:
+        return self.lm.extend_batch([self], [tokens])[0]
+
+    def truncate(self, length: int) -> None:
+        if not 0 <= length <= self._length:
+            raise ValueError(f"cannot truncate a cache of {self._length} to {length}")
+        self._length = length
+
+
+class TorchLM:
+    """A TinyLM served through the model protocol."""
+
+    def __init__(self, module: TinyLM, name: str = "tiny") -> None:
+        self.module = module.eval()
+        self.cfg = module.cfg
+        self.name = name
+        self.vocab_size = module.cfg.vocab_size
+        self.max_len = module.cfg.max_len
+
+    def session(self) -> TorchSession:
+        return TorchSession(self)
+
+    @torch.inference_mode()
+    def extend_batch(
+        self, sessions: Sequence[TorchSession], tokens: Sequence[Sequence[int]]
+    ) -> list[np.ndarray]:
+        """One forward pass over every session; rows may have different cache and draft lengths."""
+        if not sessions:
+            return []
+        for s, t in zip(sessions, tokens, strict=True):
+            check_tokens(t, self.vocab_size)
+            if not t:
+                raise ValueError("extend needs at least one token")
+            if s.length + len(t) > self.max_len:
+                raise ValueError(
+                    f"sequence of {s.length + len(t)} exceeds max_len {self.max_len}"
+                )
+        if len(sessions) == 1:
+            return [self._extend_one(sessions[0], tokens[0])]
+        return self._extend_many(sessions, tokens)
+
+    def _extend_one(self, s: TorchSession, tokens: Sequence[int]) -> np.ndarray:
+        n, past = len(tokens), s.length
+        ids = torch.tensor([list(tokens)], dtype=torch.long)
+        pos = torch.arange(past, past + n)[None]
+        logits, k, v = self.module(
+            ids, pos, s.keys[:, None, :, :past], s.values[:, None, :, :past], causal_mask(past, n)
+        )
+        s.keys[:, :, past : past + n] = k[:, 0, :, past:]
+        s.values[:, :, past : past + n] = v[:, 0, :, past:]
+        s._length = past + n
+        return logits[0].float().numpy()
+
+    def _extend_many(
+        self, sessions: Sequence[TorchSession], tokens: Sequence[Sequence[int]]
+    ) -> list[np.ndarray]:
+        b = len(sessions)
+        lens = [s.length for s in sessions]
+        ns = [len(t) for t in tokens]
+        s_max, t_max = max(lens), max(ns)
+        c = self.cfg
+        past_k = torch.zeros(c.n_layers, b, c.n_heads, s_max, c.head_dim)
+        past_v = torch.zeros_like(past_k)
+        ids = torch.zeros(b, t_max, dtype=torch.long)
+        pos = torch.zeros(b, t_max, dtype=torch.long)
+        mask = torch.zeros(b, t_max, s_max + t_max, dtype=torch.bool)
+        tri = torch.ones(t_max, t_max, dtype=torch.bool).tril()
+        for i, (s, t) in enumerate(zip(sessions, tokens, strict=True)):
+            past_k[:, i, :, : s.length] = s.keys[:, :, : s.length]
+            past_v[:, i, :, : s.length] = s.values[:, :, : s.length]
+            ids[i, : len(t)] = torch.tensor(list(t))
+            pos[i] = torch.arange(s.length, s.length + t_max).clamp(max=c.max_len - 1)
+            mask[i, :, : s.length] = True
+            mask[i, :, s_max:] = tri
+        logits, k, v = self.module(ids, pos, past_k, past_v, mask)
+        out = []
+        for i, s in enumerate(sessions):
+            n, past = ns[i], lens[i]
+            s.keys[:, :, past : past + n] = k[:, i, :, s_max : s_max + n]
+            s.values[:, :, past : past + n] = v[:, i, :, s_max : s_max + n]
+            s._length = past + n
+            out.append(logits[i, :n].float().numpy())
+        return out
+
+
+def save_checkpoint(module: TinyLM, directory: Path) -> None:
+    """config.json + model.safetensors (fp32) into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    module.cfg.save(directory / "config.json")
+    state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"))
+
+
+def resolve_checkpoint(name_or_path: str | Path) -> Path:
+    """A bundled checkpoint name (``target``, ``drafter``) or a directory path."""
+    p = Path(name_or_path)
+    if p.is_dir():
+        return p
+    bundled = CHECKPOINT_DIR / str(name_or_path)
+    if bundled.is_dir():
+        return bundled
+    raise FileNotFoundError(f"no checkpoint named or at {name_or_path!r}")
+
+
+def load_module(name_or_path: str | Path) -> TinyLM:
+    """The TinyLM of a checkpoint, in eval mode."""
+    d = resolve_checkpoint(name_or_path)
+    if not (d / "model.safetensors").exists():
+        raise FileNotFoundError(f"{d} holds no model.safetensors")
+    module = TinyLM(ModelConfig.load(d / "config.json"))
+    module.load_state_dict(load_file(str(d / "model.safetensors")))
+    return module.eval()
+
+
+def load_torch(name_or_path: str | Path) -> TorchLM:
+    """A checkpoint through the model protocol."""
+    return TorchLM(load_module(name_or_path), name=Path(str(name_or_path)).name)
