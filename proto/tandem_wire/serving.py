@@ -1,0 +1,72 @@
+"""What every Tandem gRPC server and client shares: message caps, structured logs, channels."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+import grpc
+
+# Caps on every message, both ways: a draft round is a few KB, so 4 MiB is generous and bounded.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+GRPC_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+]
+DEFAULT_DEADLINE_S = 30.0
+
+
+class JsonLineFormatter(logging.Formatter):
+    """One JSON object a line: ts, level, logger, event and the record's extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(time.time(), 6),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out.update(fields)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(level: str = "info", stream: Any = None) -> None:
+    """Structured JSON lines on stderr for the whole process."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonLineFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Log ``event`` with key/value fields that land as JSON keys."""
+    logger.log(level, event, extra={"fields": fields})
+
+
+def aio_server() -> grpc.aio.Server:
+    """An asyncio gRPC server with Tandem's message caps."""
+    return grpc.aio.server(options=GRPC_OPTIONS)
+
+
+def aio_channel(address: str) -> grpc.aio.Channel:
+    """An asyncio channel to ``address`` with Tandem's message caps."""
+    return grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+
+
+def bind(server: grpc.aio.Server, host: str, port: int) -> str:
+    """Bind ``host:port`` (port 0 picks a free one) and return the address actually bound."""
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"could not bind {host}:{port}")
+    return f"{host}:{bound}"
