@@ -1,0 +1,112 @@
+"""Starting a cloud node: load the target, serve gRPC, register with the coordinator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cloud_node.engine import EngineConfig, VerifyEngine
+from cloud_node.service import CloudServicer
+from models.base import CausalLM
+from tandem_wire.serving import aio_server, bind, log_event
+from tandem_wire.v1 import tandem_pb2 as pb
+from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
+
+log = logging.getLogger("tandem.cloud")
+
+
+@dataclass(frozen=True)
+class CloudConfig:
+    """A cloud node process."""
+
+    model: str = "target"  # model spec for models.loader.load_lm
+    host: str = "127.0.0.1"  # address to bind
+    port: int = 0  # 0 picks a free port
+    node_id: str = ""  # empty: cloud-<port>
+    coordinator: str = ""  # coordinator address; empty: do not register
+    torch_threads: int = 1  # intra-op threads of the target (2-core machines share with edges)
+    engine: EngineConfig = field(default_factory=EngineConfig)  # sessions, batching, limits
+
+
+@dataclass
+class CloudNode:
+    """A running cloud node."""
+
+    server: object
+    address: str
+    engine: VerifyEngine
+    servicer: CloudServicer
+
+    async def stop(self, grace: float = 1.0) -> None:
+        """Stop serving, then stop the engine."""
+        await self.server.stop(grace)  # type: ignore[attr-defined]
+        await self.engine.stop()
+
+
+async def start_cloud(
+    lm: CausalLM, eos_id: int | None, config: CloudConfig = CloudConfig()
+) -> CloudNode:
+    """Serve ``lm`` as a cloud node on the running loop."""
+    engine = VerifyEngine(lm, config.engine)
+    engine.start()
+    server = aio_server()
+    address = bind(server, config.host, config.port)
+    node_id = config.node_id or f"cloud-{address.rsplit(':', 1)[1]}"
+    servicer = CloudServicer(engine, node_id, eos_id)
+    pb_grpc.add_CloudServicer_to_server(servicer, server)
+    await server.start()
+    log_event(log, "cloud_listening", address=address, node_id=node_id, model=lm.name)
+    return CloudNode(server, address, engine, servicer)
+
+
+def model_info(lm: CausalLM, backend: str) -> pb.ModelInfo:
+    """What the coordinator is told about a model."""
+    params = int(getattr(lm, "parameters", 0) or 0)
+    return pb.ModelInfo(name=lm.name, parameters=params, vocab_size=lm.vocab_size, backend=backend)
+
+
+async def run_cloud(config: CloudConfig, ready_file: Path | None = None) -> None:
+    """Process entry: serve until SIGTERM/SIGINT, registered with the coordinator if given."""
+    from models.loader import load_lm  # loads torch only in the cloud process
+
+    import torch
+
+    torch.set_num_threads(config.torch_threads)
+    lm, tok = load_lm(config.model)
+    node = await start_cloud(lm, tok.eos_id, config)
+    agent = None
+    if config.coordinator:
+        from tandem_wire.agent import NodeAgent
+
+        info = pb.NodeInfo(
+            node_id=node.servicer.node_id, role=pb.ROLE_CLOUD, address=node.address,
+            models=[model_info(lm, config.model.split(":", 1)[0])], device="cpu",
+            max_sessions=config.engine.max_sessions,
+        )
+        agent = NodeAgent(config.coordinator, info, lambda: _load(node.engine))
+        await agent.start()
+    if ready_file is not None:
+        ready_file.write_text(json.dumps({"address": node.address, "pid": os.getpid()}))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    if agent is not None:
+        await agent.stop()
+    await node.stop()
+    log_event(log, "cloud_stopped", address=node.address)
+
+
+def _load(engine: VerifyEngine) -> pb.NodeLoad:
+    m = engine.metrics()
+    return pb.NodeLoad(
+        active_sessions=int(m["sessions_active"]),
+        queue_depth=int(m["queue_depth"]),
+        busy_fraction=m["busy_fraction"],
+    )

@@ -1,0 +1,141 @@
+"""The Cloud gRPC servicer: converts wire messages, calls the engine, converts back."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import NoReturn
+
+import grpc
+import numpy as np
+
+from cloud_node.engine import RequestError, Round, RoundResult, VerifyEngine
+from models.sampling import SamplingParams
+from models.speculative import Proposal
+from tandem_wire.serving import log_event
+from tandem_wire.v1 import tandem_pb2 as pb
+from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
+
+log = logging.getLogger("tandem.cloud")
+
+CODES = {
+    "invalid": grpc.StatusCode.INVALID_ARGUMENT,
+    "not_found": grpc.StatusCode.NOT_FOUND,
+    "exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+def sampling_from_wire(s: pb.Sampling) -> SamplingParams:
+    """Wire sampling settings -> SamplingParams, INVALID_ARGUMENT-ready errors."""
+    try:
+        return SamplingParams(float(s.temperature), float(s.top_p) or 1.0, int(s.seed))
+    except ValueError as exc:
+        raise RequestError("invalid", f"sampling: {exc}") from None
+
+
+def round_from_wire(v: pb.VerifyRequest, vocab_size: int) -> Round:
+    """A VerifyRequest as a domain Round; q rebuilt dense from its sparse form."""
+    tokens = np.asarray(v.draft, dtype=np.int64)
+    q = None
+    if len(v.q):
+        if len(v.q) != len(tokens):
+            raise RequestError("invalid", f"q: {len(v.q)} distributions for {len(tokens)} drafts")
+        q = np.zeros((len(tokens), vocab_size))
+        for i, d in enumerate(v.q):
+            ids = np.asarray(d.ids, dtype=np.int64)
+            ps = np.asarray(d.probs, dtype=np.float64)
+            if len(ids) != len(ps) or len(ids) == 0:
+                raise RequestError("invalid", f"q[{i}]: ids and probs must be non-empty, same size")
+            if ids.min() < 0 or ids.max() >= vocab_size:
+                raise RequestError("invalid", f"q[{i}]: token id outside [0, {vocab_size})")
+            if not np.all(np.isfinite(ps)) or ps.min() < 0 or abs(ps.sum() - 1.0) > 1e-3:
+                raise RequestError("invalid", f"q[{i}]: probs must be >= 0 and sum to 1")
+            q[i, ids] = ps
+            if 0 <= tokens[i] < vocab_size and q[i, tokens[i]] <= 0:
+                raise RequestError("invalid", f"q[{i}]: draft token {tokens[i]} has q = 0")
+    return Round(v.session_id, int(v.round_id), int(v.base_position), Proposal(tokens, q))
+
+
+def verdict_to_wire(r: RoundResult) -> pb.SpecReply:
+    return pb.SpecReply(
+        verdict=pb.VerifyReply(
+            session_id=r.session_id,
+            round_id=r.round_id,
+            base_position=r.base_position,
+            accepted=r.verdict.accepted,
+            next_token=r.verdict.next_token,
+            position=r.position,
+            model_ms=r.model_ms,
+            model_cpu_s=r.model_cpu_s,
+            batch_size=r.batch_size,
+        )
+    )
+
+
+class CloudServicer(pb_grpc.CloudServicer):
+    """Speculate (bidirectional verify stream), Generate (cloud-only), Metrics."""
+
+    def __init__(self, engine: VerifyEngine, node_id: str, eos_id: int | None) -> None:
+        self.engine = engine
+        self.node_id = node_id
+        self.eos_id = eos_id
+
+    async def _fail(self, context: grpc.aio.ServicerContext, err: RequestError) -> NoReturn:
+        self.engine.stats.rejected += 1
+        log_event(log, "request_rejected", logging.WARNING, kind=err.kind, reason=str(err))
+        await context.abort(CODES[err.kind], str(err))
+        raise AssertionError("abort returned")  # grpc's abort always raises
+
+    async def Speculate(
+        self, request_iterator: AsyncIterator[pb.SpecRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SpecReply]:
+        opened: set[str] = set()
+        try:
+            async for req in request_iterator:
+                kind = req.WhichOneof("kind")
+                try:
+                    if kind == "open":
+                        o = req.open
+                        pos = self.engine.open(
+                            o.session_id, list(o.prompt), sampling_from_wire(o.sampling)
+                        )
+                        opened.add(o.session_id)
+                        yield pb.SpecReply(
+                            opened=pb.SessionOpened(
+                                session_id=o.session_id,
+                                position=pos,
+                                max_draft=self.engine.config.max_draft,
+                            )
+                        )
+                    elif kind == "verify":
+                        rnd = round_from_wire(req.verify, self.engine.lm.vocab_size)
+                        yield verdict_to_wire(await self.engine.submit(rnd))
+                    elif kind == "close":
+                        self.engine.close(req.close.session_id)
+                        opened.discard(req.close.session_id)
+                        yield pb.SpecReply(closed=pb.SessionClosed(session_id=req.close.session_id))
+                    else:
+                        raise RequestError("invalid", "SpecRequest: one of open/verify/close")
+                except RequestError as err:
+                    await self._fail(context, err)
+                    return
+        finally:
+            for sid in opened:  # the client is gone: free what it held
+                self.engine.close(sid)
+
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GenerateReply:
+        try:
+            params = sampling_from_wire(request.sampling)
+            tokens, ms, cpu = await self.engine.generate(
+                list(request.prompt), params, int(request.max_new_tokens), self.eos_id
+            )
+        except RequestError as err:
+            await self._fail(context, err)
+        return pb.GenerateReply(tokens=tokens, model_ms=ms, model_cpu_s=cpu)
+
+    async def Metrics(
+        self, request: pb.MetricsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.MetricsReply:
+        return pb.MetricsReply(node_id=self.node_id, values=self.engine.metrics())
