@@ -286,7 +286,13 @@ class VerifyEngine:
             s.committed += [*r.proposal.tokens[: verdict.accepted].tolist(), verdict.next_token]
             s.lm_session.truncate(n + verdict.accepted)  # cache = committed minus its last token
             res = RoundResult(
-                r.session_id, r.round_id, n, verdict, len(s.committed), ms, cpu / len(batch),
+                r.session_id,
+                r.round_id,
+                n,
+                verdict,
+                len(s.committed),
+                ms,
+                cpu / len(batch),
                 len(batch),
             )
             s.last_result = res

@@ -72,9 +72,9 @@ def model_info(lm: CausalLM, backend: str) -> pb.ModelInfo:
 
 async def run_cloud(config: CloudConfig, ready_file: Path | None = None) -> None:
     """Process entry: serve until SIGTERM/SIGINT, registered with the coordinator if given."""
-    from models.loader import load_lm  # loads torch only in the cloud process
-
     import torch
+
+    from models.loader import load_lm  # loads torch only in the cloud process
 
     torch.set_num_threads(config.torch_threads)
     lm, tok = load_lm(config.model)
@@ -84,8 +84,11 @@ async def run_cloud(config: CloudConfig, ready_file: Path | None = None) -> None
         from tandem_wire.agent import NodeAgent
 
         info = pb.NodeInfo(
-            node_id=node.servicer.node_id, role=pb.ROLE_CLOUD, address=node.address,
-            models=[model_info(lm, config.model.split(":", 1)[0])], device="cpu",
+            node_id=node.servicer.node_id,
+            role=pb.ROLE_CLOUD,
+            address=node.address,
+            models=[model_info(lm, config.model.split(":", 1)[0])],
+            device="cpu",
             max_sessions=config.engine.max_sessions,
         )
         agent = NodeAgent(config.coordinator, info, lambda: _load(node.engine))

@@ -47,7 +47,9 @@ class CloudDirectory:
                     timeout=self.timeout_s,
                 )
                 if reply.cloud.address:
-                    return reply.cloud.node_id or reply.cloud.address, self.stub(reply.cloud.address)
+                    return reply.cloud.node_id or reply.cloud.address, self.stub(
+                        reply.cloud.address
+                    )
             except grpc.aio.AioRpcError as exc:
                 log_event(log, "pick_cloud_failed", logging.WARNING, code=exc.code().name)
         for address in self.static:  # the fixed list backs up an absent coordinator

@@ -12,7 +12,7 @@ import grpc
 
 from edge_node.adaptive import K_POLICIES
 from edge_node.clouds import CloudDirectory
-from edge_node.speculation import FAILOVER_CODES, Account, Speculator, SpecResult, SpecSettings
+from edge_node.speculation import FAILOVER_CODES, Account, SpecResult, SpecSettings, Speculator
 from models.base import CausalLM, Tokenizer
 from models.generate import generate
 from models.sampling import SamplingParams
@@ -55,11 +55,19 @@ class EdgeServicer(pb_grpc.EdgeServicer):
         self.spec = Speculator(lm)
         self.active = 0
         self.counts: dict[str, float] = {
-            "requests": 0.0, "degraded": 0.0, "generated_tokens": 0.0, "drafted_tokens": 0.0,
-            "accepted_tokens": 0.0, "verify_rounds": 0.0, "rejected": 0.0, "busy_s": 0.0,
+            "requests": 0.0,
+            "degraded": 0.0,
+            "generated_tokens": 0.0,
+            "drafted_tokens": 0.0,
+            "accepted_tokens": 0.0,
+            "verify_rounds": 0.0,
+            "rejected": 0.0,
+            "busy_s": 0.0,
         }
 
-    async def _reject(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, msg: str) -> None:
+    async def _reject(
+        self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, msg: str
+    ) -> None:
         self.counts["rejected"] += 1
         log_event(log, "request_rejected", logging.WARNING, code=code.name, reason=msg)
         await context.abort(code, msg)
@@ -71,7 +79,9 @@ class EdgeServicer(pb_grpc.EdgeServicer):
         if len(prompt) >= self.lm.max_len - 1:
             raise ValueError(f"prompt: {len(prompt)} tokens leave no room in {self.lm.max_len}")
         try:
-            params = SamplingParams(r.sampling.temperature, r.sampling.top_p or 1.0, r.sampling.seed)
+            params = SamplingParams(
+                r.sampling.temperature, r.sampling.top_p or 1.0, r.sampling.seed
+            )
         except ValueError as exc:
             raise ValueError(f"sampling: {exc}") from None
         if r.max_new_tokens < 0 or r.max_new_tokens > self.config.max_new_tokens:
@@ -83,7 +93,9 @@ class EdgeServicer(pb_grpc.EdgeServicer):
             raise ValueError(f"k_policy: {policy!r} not in {K_POLICIES}")
         return prompt, params, r.max_new_tokens or self.config.max_new_tokens, policy
 
-    async def Solve(self, request: pb.SolveRequest, context: grpc.aio.ServicerContext) -> pb.SolveReply:
+    async def Solve(
+        self, request: pb.SolveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SolveReply:
         try:
             prompt, params, max_new, policy = self._parse(request)
         except ValueError as exc:
@@ -91,7 +103,8 @@ class EdgeServicer(pb_grpc.EdgeServicer):
             raise
         if self.active >= self.config.max_concurrent:
             await self._reject(
-                context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{self.active} requests in progress (max {self.config.max_concurrent})",
             )
         mode = request.mode or self.config.default_mode
@@ -105,8 +118,11 @@ class EdgeServicer(pb_grpc.EdgeServicer):
                 result = await self._cloud_only(prompt, params, max_new)
             else:
                 settings = SpecSettings(
-                    max_new, self.tok.eos_id, request.draft_length or self.config.default_k,
-                    policy, self.config.k_max,
+                    max_new,
+                    self.tok.eos_id,
+                    request.draft_length or self.config.default_k,
+                    policy,
+                    self.config.k_max,
                 )
                 result = await self.spec.run(prompt, params, settings, self.clouds.pick)
         finally:
@@ -115,19 +131,34 @@ class EdgeServicer(pb_grpc.EdgeServicer):
         finished = pb.MODE_EDGE_ONLY if result.degraded else mode
         self._count(result)
         log_event(
-            log, "request_done", request_id=rid, mode=pb.Mode.Name(finished),
-            tokens=len(result.tokens), degraded=result.degraded, wall_s=round(result.account.wall_s, 4),
+            log,
+            "request_done",
+            request_id=rid,
+            mode=pb.Mode.Name(finished),
+            tokens=len(result.tokens),
+            degraded=result.degraded,
+            wall_s=round(result.account.wall_s, 4),
         )
         a = result.account
         return pb.SolveReply(
-            request_id=rid, text=self.tok.decode(result.tokens), tokens=result.tokens,
-            mode=finished, degraded=result.degraded and mode != pb.MODE_EDGE_ONLY,
-            cloud_node=result.cloud_node, note=result.note,
+            request_id=rid,
+            text=self.tok.decode(result.tokens),
+            tokens=result.tokens,
+            mode=finished,
+            degraded=result.degraded and mode != pb.MODE_EDGE_ONLY,
+            cloud_node=result.cloud_node,
+            note=result.note,
             account=pb.Account(
-                generated_tokens=a.generated_tokens, drafted_tokens=a.drafted_tokens,
-                accepted_tokens=a.accepted_tokens, verify_rounds=a.verify_rounds, wall_s=a.wall_s,
-                cloud_model_cpu_s=a.cloud_model_cpu_s, edge_model_s=a.edge_model_s,
-                bytes_sent=a.bytes_sent, bytes_received=a.bytes_received, ttft_s=a.ttft_s,
+                generated_tokens=a.generated_tokens,
+                drafted_tokens=a.drafted_tokens,
+                accepted_tokens=a.accepted_tokens,
+                verify_rounds=a.verify_rounds,
+                wall_s=a.wall_s,
+                cloud_model_cpu_s=a.cloud_model_cpu_s,
+                edge_model_s=a.edge_model_s,
+                bytes_sent=a.bytes_sent,
+                bytes_received=a.bytes_received,
+                ttft_s=a.ttft_s,
             ),
         )
 
@@ -140,7 +171,9 @@ class EdgeServicer(pb_grpc.EdgeServicer):
         c["accepted_tokens"] += a.accepted_tokens
         c["verify_rounds"] += a.verify_rounds
 
-    async def _edge_only(self, prompt: list[int], params: SamplingParams, max_new: int) -> SpecResult:
+    async def _edge_only(
+        self, prompt: list[int], params: SamplingParams, max_new: int
+    ) -> SpecResult:
         t0 = time.perf_counter()
         tokens = await self.spec._compute(
             lambda: generate(self.lm, prompt, params, max_new, self.tok.eos_id)
@@ -148,12 +181,17 @@ class EdgeServicer(pb_grpc.EdgeServicer):
         wall = time.perf_counter() - t0
         return SpecResult(tokens, Account(len(tokens), wall_s=wall, edge_model_s=wall, ttft_s=wall))
 
-    async def _cloud_only(self, prompt: list[int], params: SamplingParams, max_new: int) -> SpecResult:
+    async def _cloud_only(
+        self, prompt: list[int], params: SamplingParams, max_new: int
+    ) -> SpecResult:
         t0 = time.perf_counter()
         tried: list[str] = []
         req = pb.GenerateRequest(
-            prompt=prompt, max_new_tokens=max_new,
-            sampling=pb.Sampling(temperature=params.temperature, top_p=params.top_p, seed=params.seed),
+            prompt=prompt,
+            max_new_tokens=max_new,
+            sampling=pb.Sampling(
+                temperature=params.temperature, top_p=params.top_p, seed=params.seed
+            ),
         )
         note = ""
         while (picked := await self.clouds.pick(tried)) is not None:
@@ -168,14 +206,20 @@ class EdgeServicer(pb_grpc.EdgeServicer):
                 continue
             wall = time.perf_counter() - t0
             acc = Account(
-                len(reply.tokens), wall_s=wall, cloud_model_cpu_s=reply.model_cpu_s, ttft_s=wall,
-                bytes_sent=req.ByteSize(), bytes_received=reply.ByteSize(),
+                len(reply.tokens),
+                wall_s=wall,
+                cloud_model_cpu_s=reply.model_cpu_s,
+                ttft_s=wall,
+                bytes_sent=req.ByteSize(),
+                bytes_received=reply.ByteSize(),
             )
             return SpecResult(list(reply.tokens), acc, cloud_node=name)
         alone = await self._edge_only(prompt, params, max_new)
         return SpecResult(alone.tokens, alone.account, True, "", note or "no cloud node available")
 
-    async def Metrics(self, request: pb.MetricsRequest, context: grpc.aio.ServicerContext) -> pb.MetricsReply:
+    async def Metrics(
+        self, request: pb.MetricsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.MetricsReply:
         values = dict(self.counts)
         values["active_requests"] = float(self.active)
         d = values["drafted_tokens"]

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar
 
 import grpc
@@ -138,7 +139,9 @@ class Speculator:
             cloud_name, stub = picked
             tried.append(cloud_name)
             try:
-                await self._session(stub, committed, len(prompt), params, settings, drafter, ctl, acc)
+                await self._session(
+                    stub, committed, len(prompt), params, settings, drafter, ctl, acc
+                )
             except _CloudLost as exc:
                 note = f"cloud {cloud_name} lost: {exc}"
                 log_event(log, "cloud_lost", logging.WARNING, cloud=cloud_name, reason=str(exc))
@@ -178,7 +181,9 @@ class Speculator:
         try:
             opened = await self._exchange(
                 call,
-                pb.SpecRequest(open=pb.OpenSession(session_id=sid, prompt=committed, sampling=sampling)),
+                pb.SpecRequest(
+                    open=pb.OpenSession(session_id=sid, prompt=committed, sampling=sampling)
+                ),
                 s.round_timeout_s,
                 acc,
             )
@@ -189,7 +194,9 @@ class Speculator:
                 base = len(committed)
                 room = min(self.lm.max_len - 1 - base, s.max_new - (base - n_prompt))
                 k = max(1, min(ctl.k, k_cap, room))
-                draft: DraftResult = await self._compute(lambda k=k: drafter.propose(committed, k))
+                draft: DraftResult = await self._compute(
+                    partial(drafter.propose, list(committed), k)
+                )
                 acc.edge_model_s += draft.ms / 1e3
                 t_send = time.perf_counter()
                 reply = await self._exchange(
@@ -199,7 +206,7 @@ class Speculator:
                 if v.round_id != rid or v.base_position != base:
                     raise _CloudLost(f"verdict for round {v.round_id}, expected {rid}")
                 round_ms = (time.perf_counter() - t_send) * 1e3
-                committed += [*draft.proposal.tokens[: v.accepted].tolist(), v.next_token]
+                committed.extend([*draft.proposal.tokens[: v.accepted].tolist(), v.next_token])
                 drafter.rollback(base, k, v.accepted)
                 if acc.ttft_s == 0.0:
                     acc.ttft_s = time.perf_counter() - acc.started

@@ -63,9 +63,7 @@ class TorchLM:
             if not t:
                 raise ValueError("extend needs at least one token")
             if s.length + len(t) > self.max_len:
-                raise ValueError(
-                    f"sequence of {s.length + len(t)} exceeds max_len {self.max_len}"
-                )
+                raise ValueError(f"sequence of {s.length + len(t)} exceeds max_len {self.max_len}")
         if len(sessions) == 1:
             return [self._extend_one(sessions[0], tokens[0])]
         return self._extend_many(sessions, tokens)

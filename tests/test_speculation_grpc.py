@@ -13,7 +13,7 @@ import pytest
 from cloud_node.engine import EngineConfig
 from cloud_node.node import CloudConfig, start_cloud
 from edge_node.clouds import CloudDirectory
-from edge_node.speculation import Speculator, SpecSettings
+from edge_node.speculation import SpecSettings, Speculator
 from models.generate import generate
 from models.sampling import SamplingParams
 from models.task import generate as make_problems
@@ -59,8 +59,10 @@ def test_drafter_equal_to_target_accepts_everything(tok, target_lm) -> None:
         clouds = CloudDirectory("edge-test", static=[node.address])
         try:
             res = await Speculator(target_lm).run(
-                prompts(tok, 1)[0], SamplingParams(0.0),
-                SpecSettings(max_new=16, eos_id=None, k=3, k_policy="fixed"), clouds.pick,
+                prompts(tok, 1)[0],
+                SamplingParams(0.0),
+                SpecSettings(max_new=16, eos_id=None, k=3, k_policy="fixed"),
+                clouds.pick,
             )
         finally:
             await clouds.close()
@@ -79,8 +81,10 @@ def test_sampled_speculation_is_reproducible_from_seed(tok, target_lm, drafter_l
         clouds = CloudDirectory("edge-test", static=[node.address])
         try:
             res = await Speculator(drafter_lm).run(
-                prompts(tok, 1)[0], SamplingParams(1.0, 0.9, seed),
-                SpecSettings(max_new=24, eos_id=None, k=4), clouds.pick,
+                prompts(tok, 1)[0],
+                SamplingParams(1.0, 0.9, seed),
+                SpecSettings(max_new=24, eos_id=None, k=4),
+                clouds.pick,
             )
         finally:
             await clouds.close()
@@ -106,12 +110,16 @@ async def _stream(address: str, messages: list[pb.SpecRequest]) -> list[pb.SpecR
 
 def _open(sid: str, prompt: list[int], temperature: float = 0.0) -> pb.SpecRequest:
     return pb.SpecRequest(
-        open=pb.OpenSession(session_id=sid, prompt=prompt, sampling=pb.Sampling(temperature=temperature))
+        open=pb.OpenSession(
+            session_id=sid, prompt=prompt, sampling=pb.Sampling(temperature=temperature)
+        )
     )
 
 
 def _verify(sid: str, rid: int, base: int, draft: list[int]) -> pb.SpecRequest:
-    return pb.SpecRequest(verify=pb.VerifyRequest(session_id=sid, round_id=rid, base_position=base, draft=draft))
+    return pb.SpecRequest(
+        verify=pb.VerifyRequest(session_id=sid, round_id=rid, base_position=base, draft=draft)
+    )
 
 
 @pytest.mark.parametrize(
@@ -119,10 +127,26 @@ def _verify(sid: str, rid: int, base: int, draft: list[int]) -> pb.SpecRequest:
     [
         ([_verify("nobody", 1, 3, [5])], grpc.StatusCode.NOT_FOUND, "unknown session"),
         ([_open("s", [1, 3, 999])], grpc.StatusCode.INVALID_ARGUMENT, "token id 999"),
-        ([_open("s", [1, 3]), _verify("s", 1, 2, [5, -1])], grpc.StatusCode.INVALID_ARGUMENT, "token id -1"),
-        ([_open("s", [1, 3]), _verify("s", 1, 2, [5] * 17)], grpc.StatusCode.INVALID_ARGUMENT, "draft length 17"),
-        ([_open("s", [1, 3]), _verify("s", 1, 9, [5])], grpc.StatusCode.INVALID_ARGUMENT, "base_position 9"),
-        ([_open("s", [1, 3], 1.0), _verify("s", 1, 2, [5])], grpc.StatusCode.INVALID_ARGUMENT, "q:"),
+        (
+            [_open("s", [1, 3]), _verify("s", 1, 2, [5, -1])],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "token id -1",
+        ),
+        (
+            [_open("s", [1, 3]), _verify("s", 1, 2, [5] * 17)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "draft length 17",
+        ),
+        (
+            [_open("s", [1, 3]), _verify("s", 1, 9, [5])],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "base_position 9",
+        ),
+        (
+            [_open("s", [1, 3], 1.0), _verify("s", 1, 2, [5])],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "q:",
+        ),
         ([_open("", [1, 3])], grpc.StatusCode.INVALID_ARGUMENT, "session_id"),
         ([pb.SpecRequest()], grpc.StatusCode.INVALID_ARGUMENT, "one of open/verify/close"),
         ([_open("s", [1] * 5_000_000)], grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
@@ -132,7 +156,9 @@ def test_bad_input_gets_a_named_error_and_the_server_keeps_serving(
     tok, target_lm, messages, code, words
 ) -> None:
     async def main() -> tuple[grpc.aio.AioRpcError, list[pb.SpecReply]]:
-        node = await start_cloud(target_lm, tok.eos_id, CloudConfig(engine=EngineConfig(max_draft=16)))
+        node = await start_cloud(
+            target_lm, tok.eos_id, CloudConfig(engine=EngineConfig(max_draft=16))
+        )
         try:
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await _stream(node.address, messages)
@@ -153,7 +179,11 @@ def test_a_retried_round_is_applied_once(tok, target_lm) -> None:
         try:
             return await _stream(
                 node.address,
-                [_open("s", [1, 3, 20]), _verify("s", 7, 3, [5, 6, 7]), _verify("s", 7, 3, [5, 6, 7])],
+                [
+                    _open("s", [1, 3, 20]),
+                    _verify("s", 7, 3, [5, 6, 7]),
+                    _verify("s", 7, 3, [5, 6, 7]),
+                ],
             )
         finally:
             await node.stop()
@@ -169,10 +199,12 @@ def test_concurrent_sessions_are_batched(tok, target_lm, drafter_lm) -> None:
         clouds = CloudDirectory("edge-test", static=[node.address])
         specs = [Speculator(drafter_lm) for _ in range(8)]
         try:
-            results = await asyncio.gather(*(
-                s.run(p, SamplingParams(0.0), SpecSettings(24, None, 2, "fixed"), clouds.pick)
-                for s, p in zip(specs, prompts(tok, 8), strict=True)
-            ))
+            results = await asyncio.gather(
+                *(
+                    s.run(p, SamplingParams(0.0), SpecSettings(24, None, 2, "fixed"), clouds.pick)
+                    for s, p in zip(specs, prompts(tok, 8), strict=True)
+                )
+            )
             for p, r in zip(prompts(tok, 8), results, strict=True):
                 assert r.tokens == generate(target_lm, p, SamplingParams(0.0), 24, None)
             return node.engine.metrics()
@@ -194,10 +226,14 @@ def test_losing_the_cloud_fails_over_then_degrades(tok, target_lm, drafter_lm) -
         ref = generate(target_lm, p, SamplingParams(0.0), 30, None)
         spec = Speculator(drafter_lm)
         stopper = asyncio.create_task(_stop_after_rounds(a, 2))
-        moved = await spec.run(p, SamplingParams(0.0), SpecSettings(30, None, 2, "fixed"), clouds.pick)
+        moved = await spec.run(
+            p, SamplingParams(0.0), SpecSettings(30, None, 2, "fixed"), clouds.pick
+        )
         await stopper
         await b.stop()
-        alone = await spec.run(p, SamplingParams(0.0), SpecSettings(30, None, 2, "fixed"), clouds.pick)
+        alone = await spec.run(
+            p, SamplingParams(0.0), SpecSettings(30, None, 2, "fixed"), clouds.pick
+        )
         await clouds.close()
         return moved, alone, ref, b.address
 
