@@ -1,0 +1,146 @@
+"""Wire <-> domain conversion for the coordinator, with input checks that name the bad field.
+
+This is the RPC edge: nothing past it sees a protobuf message, and nothing past it needs to
+re-check sizes or ranges.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+from coordinator.nodes import ModelSpec, NodeInfo, NodeLoad, Role
+from tandem_wire.v1 import tandem_pb2 as pb
+
+# Bounds on everything a node may send, so one bad client cannot bloat the registry.
+MAX_ID_CHARS = 128
+MAX_TEXT_CHARS = 256
+MAX_MODELS = 64
+MAX_EXCLUDE = 1024
+_ID_PATTERN = re.compile(r"[A-Za-z0-9._:@/-]+")
+
+_ROLE_FROM_WIRE = {pb.ROLE_EDGE: Role.EDGE, pb.ROLE_CLOUD: Role.CLOUD}
+_ROLE_TO_WIRE = {role: wire for wire, role in _ROLE_FROM_WIRE.items()}
+
+
+class InvalidField(ValueError):
+    """A request field is missing or out of range; the message starts with the field's path."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+def node_id_from_wire(value: str, field: str, required: bool = True) -> str:
+    """Check a node id: required unless told, bounded, and made of safe characters."""
+    if not value:
+        if required:
+            raise InvalidField(field, "required, got an empty string")
+        return ""
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidField(field, f"at most {MAX_ID_CHARS} characters, got {len(value)}")
+    if not _ID_PATTERN.fullmatch(value):
+        raise InvalidField(field, f"only letters, digits and ._:@/- allowed, got {value!r}")
+    return value
+
+
+def _text(value: str, field: str) -> str:
+    if len(value) > MAX_TEXT_CHARS:
+        raise InvalidField(field, f"at most {MAX_TEXT_CHARS} characters, got {len(value)}")
+    return value
+
+
+def _address(value: str, field: str) -> str:
+    if not value:
+        raise InvalidField(field, "required: the host:port where the node's gRPC server listens")
+    _text(value, field)
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidField(field, f"must be host:port with a port in 1..65535, got {value!r}")
+    return value
+
+
+def _non_negative(value: int, field: str) -> int:
+    if value < 0:
+        raise InvalidField(field, f"must be >= 0, got {value}")
+    return value
+
+
+def _model_from_wire(msg: pb.ModelInfo, field: str) -> ModelSpec:
+    if not msg.name:
+        raise InvalidField(f"{field}.name", "required, got an empty string")
+    return ModelSpec(
+        name=_text(msg.name, f"{field}.name"),
+        parameters=_non_negative(msg.parameters, f"{field}.parameters"),
+        vocab_size=_non_negative(msg.vocab_size, f"{field}.vocab_size"),
+        backend=_text(msg.backend, f"{field}.backend"),
+    )
+
+
+def node_from_wire(msg: pb.NodeInfo, field: str = "node") -> NodeInfo:
+    """A checked ``NodeInfo``; node_id may be empty (the registry assigns one)."""
+    role = _ROLE_FROM_WIRE.get(msg.role)
+    if role is None:
+        name = pb.Role.Name(msg.role) if msg.role in pb.Role.values() else str(msg.role)
+        raise InvalidField(f"{field}.role", f"must be ROLE_EDGE or ROLE_CLOUD, got {name}")
+    if len(msg.models) > MAX_MODELS:
+        raise InvalidField(
+            f"{field}.models", f"at most {MAX_MODELS} entries, got {len(msg.models)}"
+        )
+    return NodeInfo(
+        node_id=node_id_from_wire(msg.node_id, f"{field}.node_id", required=False),
+        role=role,
+        address=_address(msg.address, f"{field}.address"),
+        models=tuple(
+            _model_from_wire(model, f"{field}.models[{i}]") for i, model in enumerate(msg.models)
+        ),
+        device=_text(msg.device, f"{field}.device"),
+        memory_bytes=_non_negative(msg.memory_bytes, f"{field}.memory_bytes"),
+        max_sessions=_non_negative(msg.max_sessions, f"{field}.max_sessions"),
+        telemetry_address=_text(msg.telemetry_address, f"{field}.telemetry_address"),
+    )
+
+
+def node_to_wire(info: NodeInfo) -> pb.NodeInfo:
+    """The wire form of a stored node."""
+    return pb.NodeInfo(
+        node_id=info.node_id,
+        role=_ROLE_TO_WIRE[info.role],
+        address=info.address,
+        models=[
+            pb.ModelInfo(
+                name=spec.name,
+                parameters=spec.parameters,
+                vocab_size=spec.vocab_size,
+                backend=spec.backend,
+            )
+            for spec in info.models
+        ],
+        device=info.device,
+        memory_bytes=info.memory_bytes,
+        max_sessions=info.max_sessions,
+        telemetry_address=info.telemetry_address,
+    )
+
+
+def load_from_wire(msg: pb.NodeLoad, field: str = "load") -> NodeLoad:
+    """A checked ``NodeLoad``: counts >= 0, busy fraction in [0, 1], finite rates."""
+    busy, rate = msg.busy_fraction, msg.tokens_per_s
+    if not (math.isfinite(busy) and 0.0 <= busy <= 1.0):
+        raise InvalidField(f"{field}.busy_fraction", f"must be in [0, 1], got {busy}")
+    if not (math.isfinite(rate) and rate >= 0.0):
+        raise InvalidField(f"{field}.tokens_per_s", f"must be finite and >= 0, got {rate}")
+    return NodeLoad(
+        active_sessions=_non_negative(msg.active_sessions, f"{field}.active_sessions"),
+        queue_depth=_non_negative(msg.queue_depth, f"{field}.queue_depth"),
+        busy_fraction=busy,
+        tokens_per_s=rate,
+    )
+
+
+def exclude_from_wire(values: Sequence[str], field: str = "exclude") -> frozenset[str]:
+    """The ids an edge has given up on, bounded in count and length."""
+    if len(values) > MAX_EXCLUDE:
+        raise InvalidField(field, f"at most {MAX_EXCLUDE} entries, got {len(values)}")
+    return frozenset(node_id_from_wire(v, f"{field}[{i}]") for i, v in enumerate(values))

@@ -1,0 +1,304 @@
+"""The Coordinator gRPC service: a thin servicer over the registry and the pick policies.
+
+Handlers convert the request (``coordinator.convert``), call the registry or a policy, and convert
+back. A background task expires silent nodes and logs the counters, since the Coordinator service
+has no Metrics RPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from coordinator.convert import (
+    InvalidField,
+    exclude_from_wire,
+    load_from_wire,
+    node_from_wire,
+    node_id_from_wire,
+    node_to_wire,
+)
+from coordinator.nodes import NodeStatus
+from coordinator.policy import DEFAULT_POLICY, POLICIES, why_none
+from coordinator.registry import CoordinatorConfig, Registry, RegistryFull
+from tandem_wire.serving import aio_server, bind, log_event, setup_logging
+from tandem_wire.v1 import tandem_pb2 as pb
+from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
+
+log = logging.getLogger("coordinator")
+SERVICE_NAME = "tandem_wire.v1.Coordinator"
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str
+) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("context.abort returned")  # abort always raises; this tells type checkers
+
+
+async def _invalid(context: grpc.aio.ServicerContext, err: InvalidField) -> NoReturn:
+    await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err))
+
+
+class CoordinatorServicer(pb_grpc.CoordinatorServicer):
+    """Register, Heartbeat, Deregister, PickCloud, ListNodes over one ``Registry``."""
+
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        clock: Callable[[], float] = time.monotonic,
+        policy: str = DEFAULT_POLICY,
+    ) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown pick policy {policy!r}; known: {sorted(POLICIES)}")
+        self.config = config
+        self.registry = Registry(config, clock, on_expire=self._log_expired)
+        self._policy = POLICIES[policy]
+        self._picks = {"picks_total": 0, "picks_unavailable_total": 0}
+
+    async def Register(
+        self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RegisterReply:
+        """Add or update a node; RESOURCE_EXHAUSTED when the registry is full."""
+        try:
+            if not request.HasField("node"):
+                raise InvalidField("node", "required")
+            info = node_from_wire(request.node)
+        except InvalidField as err:
+            await _invalid(context, err)
+        try:
+            done = self.registry.register(info)
+        except RegistryFull as err:
+            log_event(log, "node_rejected", logging.WARNING, address=info.address, reason=str(err))
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
+        for gone in done.replaced:
+            log_event(
+                log,
+                "node_replaced",
+                node_id=gone.node_id,
+                by=done.node.node_id,
+                address=gone.address,
+            )
+        log_event(
+            log,
+            "node_registered" if done.new else "node_reregistered",
+            node_id=done.node.node_id,
+            role=done.node.role.value,
+            address=done.node.address,
+            models=[spec.name for spec in done.node.models],
+        )
+        return pb.RegisterReply(
+            node_id=done.node.node_id, heartbeat_interval_s=self.config.heartbeat_interval_s
+        )
+
+    async def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> pb.HeartbeatReply:
+        """Record load; known=false tells a forgotten node to register again."""
+        try:
+            node_id = node_id_from_wire(request.node_id, "node_id")
+            load = load_from_wire(request.load)
+        except InvalidField as err:
+            await _invalid(context, err)
+        known = self.registry.heartbeat(node_id, load)
+        if not known:
+            log_event(log, "heartbeat_from_unknown_node", node_id=node_id)
+        return pb.HeartbeatReply(known=known)
+
+    async def Deregister(
+        self, request: pb.DeregisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeregisterReply:
+        """Remove a node that is leaving."""
+        try:
+            node_id = node_id_from_wire(request.node_id, "node_id")
+        except InvalidField as err:
+            await _invalid(context, err)
+        removed = self.registry.deregister(node_id)
+        log_event(log, "node_deregistered", node_id=node_id, removed=removed)
+        return pb.DeregisterReply(removed=removed)
+
+    async def PickCloud(
+        self, request: pb.PickCloudRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PickCloudReply:
+        """A cloud node for the edge; UNAVAILABLE with the reason when none fits."""
+        try:
+            edge_id = node_id_from_wire(request.edge_id, "edge_id", required=False)
+            if len(request.model) > 256:
+                raise InvalidField("model", f"at most 256 characters, got {len(request.model)}")
+            exclude = exclude_from_wire(request.exclude)
+        except InvalidField as err:
+            await _invalid(context, err)
+        snapshot = self.registry.snapshot()
+        chosen = self._policy(snapshot, edge_id, request.model, exclude)
+        self._picks["picks_total"] += 1
+        if chosen is None:
+            self._picks["picks_unavailable_total"] += 1
+            reason = why_none(snapshot, request.model, exclude)
+            log_event(log, "pick_unavailable", edge_id=edge_id, model=request.model, reason=reason)
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, reason)
+        log_event(log, "cloud_picked", logging.DEBUG, edge_id=edge_id, cloud=chosen.node_id)
+        return pb.PickCloudReply(cloud=node_to_wire(chosen))
+
+    async def ListNodes(
+        self, request: pb.ListNodesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListNodesReply:
+        """Every live node, ordered by id."""
+        return pb.ListNodesReply(
+            nodes=[node_to_wire(status.info) for status in self.registry.snapshot().nodes]
+        )
+
+    def metrics(self) -> dict[str, float]:
+        """Registry counts and counters plus pick counters."""
+        out = self.registry.metrics()
+        out.update({name: float(n) for name, n in self._picks.items()})
+        return out
+
+    def _log_expired(self, status: NodeStatus) -> None:
+        log_event(
+            log,
+            "node_expired",
+            logging.WARNING,
+            node_id=status.info.node_id,
+            role=status.info.role.value,
+            address=status.info.address,
+            missed_heartbeats=self.config.missed_heartbeats,
+        )
+
+
+async def _maintain(servicer: CoordinatorServicer) -> None:
+    """Expire silent nodes twice per heartbeat interval and log the counters now and then."""
+    config = servicer.config
+    period = config.heartbeat_interval_s / 2
+    next_log = time.monotonic() + config.metrics_log_interval_s
+    while True:
+        await asyncio.sleep(period)
+        try:
+            servicer.registry.expire()
+            if time.monotonic() >= next_log:
+                next_log += config.metrics_log_interval_s
+                log_event(log, "coordinator_metrics", **servicer.metrics())
+        except Exception:  # a bug here must not stop expiry for good
+            log.exception("maintenance_failed")
+
+
+class CoordinatorServer:
+    """A running coordinator: gRPC server, servicer, health service and background sweeper.
+
+    Has ``stop`` and ``wait_for_termination`` like ``grpc.aio.Server`` so callers treat it as one.
+    """
+
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        servicer: CoordinatorServicer,
+        health_servicer: health.aio.HealthServicer,
+        address: str,
+    ) -> None:
+        self.server = server
+        self.servicer = servicer
+        self.health = health_servicer
+        self.address = address
+        self._sweeper = asyncio.create_task(_maintain(servicer), name="coordinator-sweeper")
+
+    def metrics(self) -> dict[str, float]:
+        """The servicer's counters (nodes by role, registrations, expirations, picks)."""
+        return self.servicer.metrics()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, stop the sweeper, then stop the server after ``grace`` seconds."""
+        await self.health.enter_graceful_shutdown()
+        self._sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._sweeper
+        await self.server.stop(self.servicer.config.stop_grace_s if grace is None else grace)
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """Block until the server stops; False on timeout."""
+        return await self.server.wait_for_termination(timeout)
+
+
+async def serve(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    config: CoordinatorConfig | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[CoordinatorServer, str]:
+    """Start a coordinator on ``host:port`` (0 picks a free port); returns it and its address."""
+    config = config or CoordinatorConfig()
+    servicer = CoordinatorServicer(config, clock)
+    health_servicer = health.aio.HealthServicer()
+    server = aio_server()
+    pb_grpc.add_CoordinatorServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = bind(server, host, port)
+    await server.start()
+    serving = health_pb2.HealthCheckResponse.SERVING
+    await health_servicer.set("", serving)
+    await health_servicer.set(SERVICE_NAME, serving)
+    return CoordinatorServer(server, servicer, health_servicer, address), address
+
+
+def _write_ready(path: Path, address: str) -> None:
+    # Write then rename, so a launcher polling the file never reads half of it.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps({"address": address, "pid": os.getpid()}))
+    os.replace(partial, path)
+
+
+async def run_coordinator_async(
+    host: str,
+    port: int,
+    ready_file: Path | None = None,
+    config: CoordinatorConfig | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop`` is set), then stop cleanly."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    coordinator, address = await serve(host, port, config)
+    try:
+        if ready_file is not None:
+            _write_ready(ready_file, address)
+        log_event(
+            log,
+            "coordinator_listening",
+            address=address,
+            pid=os.getpid(),
+            config=dataclasses.asdict(coordinator.servicer.config),
+        )
+        await stop.wait()
+    finally:
+        log_event(log, "coordinator_stopping", **coordinator.metrics())
+        await coordinator.stop()
+        if ready_file is not None:
+            ready_file.unlink(missing_ok=True)  # a ready file means "listening now"
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log_event(log, "coordinator_stopped")
+
+
+def run_coordinator(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ready_file: Path | None = None,
+    config: CoordinatorConfig | None = None,
+    log_level: str = "info",
+) -> None:
+    """Process entry: JSON-line logs, serve, write ``{"address", "pid"}`` to ``ready_file``."""
+    setup_logging(log_level)
+    asyncio.run(run_coordinator_async(host, port, ready_file, config))
