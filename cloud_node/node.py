@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloud_node.engine import EngineConfig, VerifyEngine
 from cloud_node.service import CloudServicer
 from models.base import CausalLM
-from tandem_wire.serving import aio_server, bind, log_event
+from tandem_wire.serving import aio_server, bind, install_stop_signals, log_event, write_ready
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 
@@ -94,11 +91,9 @@ async def run_cloud(config: CloudConfig, ready_file: Path | None = None) -> None
         agent = NodeAgent(config.coordinator, info, lambda: _load(node.engine))
         await agent.start()
     if ready_file is not None:
-        ready_file.write_text(json.dumps({"address": node.address, "pid": os.getpid()}))
+        write_ready(ready_file, node.address)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    install_stop_signals(stop)
     await stop.wait()
     if agent is not None:
         await agent.stop()

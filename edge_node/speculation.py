@@ -52,6 +52,7 @@ class Account:
     drafted_tokens: int = 0
     accepted_tokens: int = 0
     verify_rounds: int = 0
+    full_rounds: int = 0  # rounds in which every draft was kept
     wall_s: float = 0.0
     cloud_model_cpu_s: float = 0.0
     edge_model_s: float = 0.0
@@ -213,6 +214,7 @@ class Speculator:
                 acc.verify_rounds += 1
                 acc.drafted_tokens += k
                 acc.accepted_tokens += v.accepted
+                acc.full_rounds += int(v.accepted == k)
                 acc.cloud_model_cpu_s += v.model_cpu_s
                 acc.k_history.append(k)
                 ctl.update(RoundMeasure(k, v.accepted, round_ms, draft.ms, v.model_ms))

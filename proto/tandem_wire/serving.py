@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
+import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -70,3 +74,18 @@ def bind(server: grpc.aio.Server, host: str, port: int) -> str:
     if bound == 0:
         raise OSError(f"could not bind {host}:{port}")
     return f"{host}:{bound}"
+
+
+def write_ready(path: Path, address: str) -> None:
+    """Tell a launcher this process listens at ``address``: JSON written whole, then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps({"address": address, "pid": os.getpid()}))
+    os.replace(partial, path)
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set ``stop`` on the running loop."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)

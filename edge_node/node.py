@@ -1,0 +1,93 @@
+"""Starting an edge node: load the drafter (no torch needed), serve gRPC, register."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_node.clouds import CloudDirectory
+from edge_node.service import EdgeConfig, EdgeServicer
+from models.base import CausalLM, Tokenizer
+from tandem_wire.serving import aio_server, bind, install_stop_signals, log_event, write_ready
+from tandem_wire.v1 import tandem_pb2 as pb
+from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
+
+log = logging.getLogger("tandem.edge")
+
+
+@dataclass(frozen=True)
+class EdgeNodeConfig:
+    """An edge node process."""
+
+    model: str = "drafter-int8"  # model spec for models.loader.load_lm
+    host: str = "127.0.0.1"  # address to bind
+    port: int = 0  # 0 picks a free port
+    node_id: str = ""  # empty: edge-<port>
+    coordinator: str = ""  # coordinator address; empty: use `clouds` only
+    clouds: tuple[str, ...] = ()  # fixed cloud addresses, tried when the coordinator has none
+    device: str = "cpu"  # device profile reported to the coordinator
+    edge: EdgeConfig = field(default_factory=EdgeConfig)  # request defaults and limits
+
+
+@dataclass
+class EdgeNode:
+    """A running edge node."""
+
+    server: object
+    address: str
+    servicer: EdgeServicer
+
+    async def stop(self, grace: float = 1.0) -> None:
+        """Stop serving and close the cloud channels."""
+        await self.server.stop(grace)  # type: ignore[attr-defined]
+        await self.servicer.clouds.close()
+
+
+async def start_edge(lm: CausalLM, tok: Tokenizer, config: EdgeNodeConfig) -> EdgeNode:
+    """Serve ``lm`` as an edge node on the running loop."""
+    server = aio_server()
+    address = bind(server, config.host, config.port)
+    node_id = config.node_id or f"edge-{address.rsplit(':', 1)[1]}"
+    clouds = CloudDirectory(node_id, config.coordinator or None, config.clouds)
+    servicer = EdgeServicer(node_id, lm, tok, clouds, config.edge)
+    pb_grpc.add_EdgeServicer_to_server(servicer, server)
+    await server.start()
+    log_event(log, "edge_listening", address=address, node_id=node_id, model=lm.name)
+    return EdgeNode(server, address, servicer)
+
+
+async def run_edge(config: EdgeNodeConfig, ready_file: Path | None = None) -> None:
+    """Process entry: serve until SIGTERM/SIGINT, registered with the coordinator if given."""
+    from models.loader import load_lm
+
+    lm, tok = load_lm(config.model)
+    node = await start_edge(lm, tok, config)
+    agent = None
+    if config.coordinator:
+        from tandem_wire.agent import NodeAgent
+
+        info = pb.NodeInfo(
+            node_id=node.servicer.node_id,
+            role=pb.ROLE_EDGE,
+            address=node.address,
+            models=[pb.ModelInfo(name=lm.name, vocab_size=lm.vocab_size)],
+            device=config.device,
+            max_sessions=config.edge.max_concurrent,
+        )
+        agent = NodeAgent(
+            config.coordinator,
+            info,
+            lambda: pb.NodeLoad(active_sessions=node.servicer.active),
+        )
+        await agent.start()
+    if ready_file is not None:
+        write_ready(ready_file, node.address)
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    await stop.wait()
+    if agent is not None:
+        await agent.stop()
+    await node.stop()
+    log_event(log, "edge_stopped", address=node.address)

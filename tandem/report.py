@@ -1,0 +1,61 @@
+"""Tables on the terminal and plots on disk, shared by the demo and the benchmarks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+
+def _fmt(v: object) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
+    return str(v)
+
+
+def print_table(key: str, rows: Mapping[str, Mapping[str, object]], columns: Sequence[str]) -> None:
+    """A fixed-width table: one row per key, one column per name."""
+    header = [key, *columns]
+    body = [[name, *(_fmt(r.get(c)) for c in columns)] for name, r in rows.items()]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+    print(line)
+    print("-" * len(line))
+    for row in body:
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)))
+
+
+def bar_plot(
+    rows: Mapping[str, Mapping[str, float | None]],
+    metrics: Sequence[str],
+    path: Path,
+    title: str = "",
+) -> None:
+    """One bar panel per metric, one bar per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4))
+    axes = [axes] if len(metrics) == 1 else list(axes)
+    names = list(rows)
+    for ax, m in zip(axes, metrics, strict=True):
+        vals = [rows[n].get(m) or 0.0 for n in names]
+        ax.bar(names, vals, color=["#4C72B0", "#DD8452", "#55A868", "#C44E52"][: len(names)])
+        ax.set_title(m.replace("_", " "))
+        ax.tick_params(axis="x", rotation=20)
+        for i, v in enumerate(vals):
+            ax.annotate(f"{v:.3g}", (i, v), ha="center", va="bottom", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
