@@ -53,7 +53,7 @@ async def start_cloud(
     engine.start()
     server = aio_server()
     address = bind(server, config.host, config.port)
-    node_id = config.node_id or f"cloud-{address.rsplit(':', 1)[1]}"
+    node_id = config.node_id or f"cloud-{address}"
     servicer = CloudServicer(engine, node_id, eos_id)
     pb_grpc.add_CloudServicer_to_server(servicer, server)
     await server.start()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -33,7 +32,7 @@ from coordinator.convert import (
 from coordinator.nodes import NodeStatus
 from coordinator.policy import DEFAULT_POLICY, POLICIES, why_none
 from coordinator.registry import CoordinatorConfig, Registry, RegistryFull
-from tandem_wire.serving import aio_server, bind, log_event, setup_logging
+from tandem_wire.serving import aio_server, bind, log_event, setup_logging, write_ready
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 
@@ -250,14 +249,6 @@ async def serve(
     return CoordinatorServer(server, servicer, health_servicer, address), address
 
 
-def _write_ready(path: Path, address: str) -> None:
-    # Write then rename, so a launcher polling the file never reads half of it.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps({"address": address, "pid": os.getpid()}))
-    os.replace(partial, path)
-
-
 async def run_coordinator_async(
     host: str,
     port: int,
@@ -273,7 +264,7 @@ async def run_coordinator_async(
     coordinator, address = await serve(host, port, config)
     try:
         if ready_file is not None:
-            _write_ready(ready_file, address)
+            write_ready(ready_file, address)
         log_event(
             log,
             "coordinator_listening",

@@ -49,7 +49,7 @@ async def start_edge(lm: CausalLM, tok: Tokenizer, config: EdgeNodeConfig) -> Ed
     """Serve ``lm`` as an edge node on the running loop."""
     server = aio_server()
     address = bind(server, config.host, config.port)
-    node_id = config.node_id or f"edge-{address.rsplit(':', 1)[1]}"
+    node_id = config.node_id or f"edge-{address}"
     clouds = CloudDirectory(node_id, config.coordinator or None, config.clouds)
     servicer = EdgeServicer(node_id, lm, tok, clouds, config.edge)
     pb_grpc.add_EdgeServicer_to_server(servicer, server)
