@@ -152,6 +152,8 @@ class Speculator:
             await self._finish_alone(committed, len(prompt), params, settings, drafter, acc)
             log_event(log, "degraded_to_edge", logging.WARNING, reason=note)
         out = committed[len(prompt) :][: settings.max_new]
+        if settings.eos_id in out:  # a round may have accepted tokens past the end
+            out = out[: out.index(settings.eos_id) + 1]
         acc.generated_tokens = len(out)
         acc.wall_s = time.perf_counter() - t0
         acc.ttft_s = acc.ttft_s or acc.wall_s

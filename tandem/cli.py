@@ -1,1 +1,186 @@
-"""Command line entry point."""
+"""The ``tandem`` command: train, serve, demo, bench, link. It only builds configs and calls."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from models.train import PRESETS, train
+
+    torch.set_num_threads(args.threads)
+    names = list(PRESETS) if args.model == "all" else [args.model]
+    for name in names:
+        cfg = dataclasses.replace(PRESETS[name], seed=args.seed)
+        out = Path(args.out) / name if args.out else None
+        report = train(cfg, out_dir=out)
+        print(json.dumps(dataclasses.asdict(report)))
+    if args.onnx:
+        from models.onnx_backend import export_checkpoint
+
+        for name in names:
+            if name == "drafter":
+                src = Path(args.out) / name if args.out else name
+                print(f"exported {export_checkpoint(src)}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from models.onnx_backend import export_checkpoint
+
+    path = export_checkpoint(args.checkpoint, int8=not args.fp32)
+    print(f"exported {path}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from tandem_wire.serving import setup_logging
+
+    ready = Path(args.ready_file) if args.ready_file else None
+    if args.role == "coordinator":
+        from coordinator.service import run_coordinator
+
+        run_coordinator(args.host, args.port, ready, log_level=args.log_level)
+        return 0
+    setup_logging(args.log_level)
+    if args.role == "cloud":
+        from cloud_node.engine import EngineConfig
+        from cloud_node.node import CloudConfig, run_cloud
+
+        cfg = CloudConfig(
+            model=args.model or "target",
+            host=args.host,
+            port=args.port,
+            node_id=args.node_id,
+            coordinator=args.coordinator,
+            torch_threads=args.threads,
+            engine=EngineConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms),
+        )
+        asyncio.run(run_cloud(cfg, ready))
+        return 0
+    from edge_node.node import EdgeNodeConfig, run_edge
+
+    ecfg = EdgeNodeConfig(
+        model=args.model or "drafter-int8",
+        host=args.host,
+        port=args.port,
+        node_id=args.node_id,
+        coordinator=args.coordinator,
+        clouds=tuple(args.cloud),
+    )
+    asyncio.run(run_edge(ecfg, ready))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from tandem.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(
+        problems=args.problems,
+        target=args.target,
+        drafter=args.drafter,
+        edges=args.edges,
+        k=args.k,
+        k_policy=args.k_policy,
+        temperature=args.temperature,
+        out_dir=Path(args.out),
+    )
+    run_demo(cfg)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from tandem.bench_spec import SpecBenchConfig, run_spec_bench
+
+    report = run_spec_bench(SpecBenchConfig(quick=args.quick, out_dir=Path(args.out)))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All subcommands."""
+    p = argparse.ArgumentParser(prog="tandem", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train the bundled target and drafter from a seed")
+    t.add_argument("model", choices=["target", "drafter", "all"], nargs="?", default="all")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default="", help="folder for checkpoints (default: the bundled ones)")
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--onnx", action="store_true", help="also export the drafter to ONNX int8")
+    t.set_defaults(fn=_train)
+
+    e = sub.add_parser("export-onnx", help="export a checkpoint to ONNX (int8 by default)")
+    e.add_argument("checkpoint", nargs="?", default="drafter")
+    e.add_argument("--fp32", action="store_true", help="skip int8 quantization")
+    e.set_defaults(fn=_export)
+
+    s = sub.add_parser("serve", help="run one node")
+    s.add_argument("role", choices=["coordinator", "cloud", "edge"])
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=0)
+    s.add_argument("--model", default="", help="model spec: target, drafter-int8, hf:PATH, ...")
+    s.add_argument("--node-id", default="")
+    s.add_argument("--coordinator", default="", help="coordinator host:port")
+    s.add_argument("--cloud", action="append", default=[], help="fixed cloud host:port (edge)")
+    s.add_argument("--threads", type=int, default=1, help="torch threads (cloud)")
+    s.add_argument("--max-batch", type=int, default=16, help="verify rounds per pass (cloud)")
+    s.add_argument("--max-wait-ms", type=float, default=0.0, help="batch fill wait (cloud)")
+    s.add_argument("--ready-file", default="", help="write {address, pid} here once listening")
+    s.add_argument("--log-level", default="info")
+    s.set_defaults(fn=_serve)
+
+    d = sub.add_parser("demo", help="local cluster: every mode on held-out problems")
+    d.add_argument("--problems", type=int, default=40)
+    d.add_argument("--target", default="target", help="cloud model spec (or hf:PATH)")
+    d.add_argument("--drafter", default="drafter-int8", help="edge model spec")
+    d.add_argument("--edges", type=int, default=2)
+    d.add_argument("--k", type=int, default=4)
+    d.add_argument("--k-policy", default="heuristic", choices=["fixed", "heuristic", "rtt"])
+    d.add_argument("--temperature", type=float, default=0.0)
+    d.add_argument("--out", default="runs/demo")
+    d.set_defaults(fn=_demo)
+
+    b = sub.add_parser("bench", help="benchmarks that compare configurations in one run")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    bs = bsub.add_parser("spec", help="token speculation: losslessness, acceptance, cost, batching")
+    bs.add_argument("--quick", action="store_true", help="small run, under a minute")
+    bs.add_argument("--json", default="", help="write the figures here")
+    bs.add_argument("--out", default="runs/bench-spec", help="folder for the plot")
+    bs.set_defaults(fn=_bench)
+
+    try:
+        from simulations.link.cli import add_parser as add_link
+    except ImportError:  # the link emulator is optional for the core commands
+        add_link = None
+    if add_link is not None:
+        add_link(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tandem`` script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"tandem: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
