@@ -174,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tandem`` script."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.fn(args) or 0)
+        fn = getattr(args, "fn", None) or args.func  # the link subcommands set func
+        return int(fn(args) or 0)
     except (ValueError, FileNotFoundError) as exc:
         print(f"tandem: error: {exc}", file=sys.stderr)
         return 2
