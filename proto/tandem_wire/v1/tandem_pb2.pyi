@@ -13,6 +13,19 @@ class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLE_EDGE: _ClassVar[Role]
     ROLE_CLOUD: _ClassVar[Role]
 
+class Objective(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OBJECTIVE_UNSPECIFIED: _ClassVar[Objective]
+    OBJECTIVE_LATENCY: _ClassVar[Objective]
+    OBJECTIVE_CLOUD_COST: _ClassVar[Objective]
+    OBJECTIVE_MIX: _ClassVar[Objective]
+
+class QualityFloor(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    QUALITY_UNSPECIFIED: _ClassVar[QualityFloor]
+    QUALITY_TARGET: _ClassVar[QualityFloor]
+    QUALITY_ANY: _ClassVar[QualityFloor]
+
 class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     MODE_UNSPECIFIED: _ClassVar[Mode]
@@ -22,6 +35,13 @@ class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 ROLE_UNSPECIFIED: Role
 ROLE_EDGE: Role
 ROLE_CLOUD: Role
+OBJECTIVE_UNSPECIFIED: Objective
+OBJECTIVE_LATENCY: Objective
+OBJECTIVE_CLOUD_COST: Objective
+OBJECTIVE_MIX: Objective
+QUALITY_UNSPECIFIED: QualityFloor
+QUALITY_TARGET: QualityFloor
+QUALITY_ANY: QualityFloor
 MODE_UNSPECIFIED: Mode
 MODE_EDGE_ONLY: Mode
 MODE_CLOUD_ONLY: Mode
@@ -146,6 +166,102 @@ class ListNodesReply(_message.Message):
     NODES_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
     def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
+
+class PlanRequest(_message.Message):
+    __slots__ = ("edge_id", "objective", "quality_floor", "cost_weight", "prompt_tokens", "max_new_tokens", "exclude", "model")
+    EDGE_ID_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FLOOR_FIELD_NUMBER: _ClassVar[int]
+    COST_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    edge_id: str
+    objective: Objective
+    quality_floor: QualityFloor
+    cost_weight: float
+    prompt_tokens: int
+    max_new_tokens: int
+    exclude: _containers.RepeatedScalarFieldContainer[str]
+    model: str
+    def __init__(self, edge_id: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., quality_floor: _Optional[_Union[QualityFloor, str]] = ..., cost_weight: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., exclude: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ...) -> None: ...
+
+class Candidate(_message.Message):
+    __slots__ = ("mode", "draft_length", "cloud_id", "latency_s", "cloud_cpu_s", "cost")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_ID_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_S_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_CPU_S_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    mode: Mode
+    draft_length: int
+    cloud_id: str
+    latency_s: float
+    cloud_cpu_s: float
+    cost: float
+    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., draft_length: _Optional[int] = ..., cloud_id: _Optional[str] = ..., latency_s: _Optional[float] = ..., cloud_cpu_s: _Optional[float] = ..., cost: _Optional[float] = ...) -> None: ...
+
+class PlanReply(_message.Message):
+    __slots__ = ("mode", "draft_length", "cloud", "predicted_latency_s", "predicted_cloud_cpu_s", "reason", "candidates")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_LATENCY_S_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_CLOUD_CPU_S_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    mode: Mode
+    draft_length: int
+    cloud: NodeInfo
+    predicted_latency_s: float
+    predicted_cloud_cpu_s: float
+    reason: str
+    candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
+    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., draft_length: _Optional[int] = ..., cloud: _Optional[_Union[NodeInfo, _Mapping]] = ..., predicted_latency_s: _Optional[float] = ..., predicted_cloud_cpu_s: _Optional[float] = ..., reason: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...
+
+class JobRequest(_message.Message):
+    __slots__ = ("job_id", "prompt", "sampling", "objective", "quality_floor", "cost_weight", "deadline_s", "max_new_tokens", "edge_id")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FLOOR_FIELD_NUMBER: _ClassVar[int]
+    COST_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    EDGE_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    prompt: str
+    sampling: Sampling
+    objective: Objective
+    quality_floor: QualityFloor
+    cost_weight: float
+    deadline_s: float
+    max_new_tokens: int
+    edge_id: str
+    def __init__(self, job_id: _Optional[str] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., objective: _Optional[_Union[Objective, str]] = ..., quality_floor: _Optional[_Union[QualityFloor, str]] = ..., cost_weight: _Optional[float] = ..., deadline_s: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., edge_id: _Optional[str] = ...) -> None: ...
+
+class JobEvent(_message.Message):
+    __slots__ = ("planned", "progress", "done")
+    PLANNED_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    planned: PlanReply
+    progress: SolveEvent
+    done: JobDone
+    def __init__(self, planned: _Optional[_Union[PlanReply, _Mapping]] = ..., progress: _Optional[_Union[SolveEvent, _Mapping]] = ..., done: _Optional[_Union[JobDone, _Mapping]] = ...) -> None: ...
+
+class JobDone(_message.Message):
+    __slots__ = ("job_id", "edge_id", "result")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    EDGE_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    edge_id: str
+    result: SolveReply
+    def __init__(self, job_id: _Optional[str] = ..., edge_id: _Optional[str] = ..., result: _Optional[_Union[SolveReply, _Mapping]] = ...) -> None: ...
 
 class OpenSession(_message.Message):
     __slots__ = ("session_id", "prompt", "sampling")
@@ -283,7 +399,7 @@ class MetricsReply(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., values: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class SolveRequest(_message.Message):
-    __slots__ = ("request_id", "prompt", "sampling", "mode", "max_new_tokens", "draft_length", "k_policy")
+    __slots__ = ("request_id", "prompt", "sampling", "mode", "max_new_tokens", "draft_length", "k_policy", "objective", "quality_floor", "cost_weight")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
@@ -291,6 +407,9 @@ class SolveRequest(_message.Message):
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     K_POLICY_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FLOOR_FIELD_NUMBER: _ClassVar[int]
+    COST_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt: str
     sampling: Sampling
@@ -298,7 +417,10 @@ class SolveRequest(_message.Message):
     max_new_tokens: int
     draft_length: int
     k_policy: str
-    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., mode: _Optional[_Union[Mode, str]] = ..., max_new_tokens: _Optional[int] = ..., draft_length: _Optional[int] = ..., k_policy: _Optional[str] = ...) -> None: ...
+    objective: Objective
+    quality_floor: QualityFloor
+    cost_weight: float
+    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., mode: _Optional[_Union[Mode, str]] = ..., max_new_tokens: _Optional[int] = ..., draft_length: _Optional[int] = ..., k_policy: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., quality_floor: _Optional[_Union[QualityFloor, str]] = ..., cost_weight: _Optional[float] = ...) -> None: ...
 
 class Account(_message.Message):
     __slots__ = ("generated_tokens", "drafted_tokens", "accepted_tokens", "verify_rounds", "wall_s", "cloud_model_cpu_s", "edge_model_s", "bytes_sent", "bytes_received", "ttft_s")
@@ -343,3 +465,15 @@ class SolveReply(_message.Message):
     account: Account
     note: str
     def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., tokens: _Optional[_Iterable[int]] = ..., mode: _Optional[_Union[Mode, str]] = ..., degraded: _Optional[bool] = ..., cloud_node: _Optional[str] = ..., account: _Optional[_Union[Account, _Mapping]] = ..., note: _Optional[str] = ...) -> None: ...
+
+class SolveEvent(_message.Message):
+    __slots__ = ("tokens", "text", "mode", "done")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedScalarFieldContainer[int]
+    text: str
+    mode: Mode
+    done: SolveReply
+    def __init__(self, tokens: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., mode: _Optional[_Union[Mode, str]] = ..., done: _Optional[_Union[SolveReply, _Mapping]] = ...) -> None: ...

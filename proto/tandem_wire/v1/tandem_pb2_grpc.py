@@ -59,6 +59,16 @@ class CoordinatorStub:
                 request_serializer=tandem__wire_dot_v1_dot_tandem__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.ListNodesReply.FromString,
                 _registered_method=True)
+        self.Plan = channel.unary_unary(
+                '/tandem_wire.v1.Coordinator/Plan',
+                request_serializer=tandem__wire_dot_v1_dot_tandem__pb2.PlanRequest.SerializeToString,
+                response_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.PlanReply.FromString,
+                _registered_method=True)
+        self.Submit = channel.unary_stream(
+                '/tandem_wire.v1.Coordinator/Submit',
+                request_serializer=tandem__wire_dot_v1_dot_tandem__pb2.JobRequest.SerializeToString,
+                response_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.JobEvent.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -94,6 +104,18 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Plan(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Submit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +143,16 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ListNodes,
                     request_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.ListNodesRequest.FromString,
                     response_serializer=tandem__wire_dot_v1_dot_tandem__pb2.ListNodesReply.SerializeToString,
+            ),
+            'Plan': grpc.unary_unary_rpc_method_handler(
+                    servicer.Plan,
+                    request_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.PlanRequest.FromString,
+                    response_serializer=tandem__wire_dot_v1_dot_tandem__pb2.PlanReply.SerializeToString,
+            ),
+            'Submit': grpc.unary_stream_rpc_method_handler(
+                    servicer.Submit,
+                    request_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.JobRequest.FromString,
+                    response_serializer=tandem__wire_dot_v1_dot_tandem__pb2.JobEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +290,60 @@ class Coordinator:
             '/tandem_wire.v1.Coordinator/ListNodes',
             tandem__wire_dot_v1_dot_tandem__pb2.ListNodesRequest.SerializeToString,
             tandem__wire_dot_v1_dot_tandem__pb2.ListNodesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Plan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem_wire.v1.Coordinator/Plan',
+            tandem__wire_dot_v1_dot_tandem__pb2.PlanRequest.SerializeToString,
+            tandem__wire_dot_v1_dot_tandem__pb2.PlanReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Submit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tandem_wire.v1.Coordinator/Submit',
+            tandem__wire_dot_v1_dot_tandem__pb2.JobRequest.SerializeToString,
+            tandem__wire_dot_v1_dot_tandem__pb2.JobEvent.FromString,
             options,
             channel_credentials,
             insecure,
@@ -441,6 +527,11 @@ class EdgeStub:
                 request_serializer=tandem__wire_dot_v1_dot_tandem__pb2.SolveRequest.SerializeToString,
                 response_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.SolveReply.FromString,
                 _registered_method=True)
+        self.SolveStream = channel.unary_stream(
+                '/tandem_wire.v1.Edge/SolveStream',
+                request_serializer=tandem__wire_dot_v1_dot_tandem__pb2.SolveRequest.SerializeToString,
+                response_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.SolveEvent.FromString,
+                _registered_method=True)
         self.Metrics = channel.unary_unary(
                 '/tandem_wire.v1.Edge/Metrics',
                 request_serializer=tandem__wire_dot_v1_dot_tandem__pb2.MetricsRequest.SerializeToString,
@@ -452,6 +543,12 @@ class EdgeServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Solve(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SolveStream(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -470,6 +567,11 @@ def add_EdgeServicer_to_server(servicer, server):
                     servicer.Solve,
                     request_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.SolveRequest.FromString,
                     response_serializer=tandem__wire_dot_v1_dot_tandem__pb2.SolveReply.SerializeToString,
+            ),
+            'SolveStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.SolveStream,
+                    request_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.SolveRequest.FromString,
+                    response_serializer=tandem__wire_dot_v1_dot_tandem__pb2.SolveEvent.SerializeToString,
             ),
             'Metrics': grpc.unary_unary_rpc_method_handler(
                     servicer.Metrics,
@@ -504,6 +606,33 @@ class Edge:
             '/tandem_wire.v1.Edge/Solve',
             tandem__wire_dot_v1_dot_tandem__pb2.SolveRequest.SerializeToString,
             tandem__wire_dot_v1_dot_tandem__pb2.SolveReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SolveStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tandem_wire.v1.Edge/SolveStream',
+            tandem__wire_dot_v1_dot_tandem__pb2.SolveRequest.SerializeToString,
+            tandem__wire_dot_v1_dot_tandem__pb2.SolveEvent.FromString,
             options,
             channel_credentials,
             insecure,
