@@ -54,14 +54,14 @@ def verify(
     k = len(proposal.tokens)
     if target_logits.shape[0] != k + 1:
         raise ValueError(f"target_logits has {target_logits.shape[0]} rows, need k+1 = {k + 1}")
-    p = probs(target_logits, params)  # [k+1, V]
     if params.greedy:
-        argmax = p.argmax(-1)  # [k+1]
+        argmax = target_logits.argmax(-1)  # [k+1]
         mismatch = np.nonzero(proposal.tokens != argmax[:k])[0]
         n = int(mismatch[0]) if len(mismatch) else k
         return Verdict(n, int(argmax[n]))
     if proposal.q is None:
         raise ValueError("sampled verification needs the draft distributions q")
+    p = probs(target_logits, params)  # [k+1, V]
     q = proposal.q  # [k, V]
     for i, x in enumerate(proposal.tokens.tolist()):
         px, qx = p[i, x], q[i, x]

@@ -83,24 +83,22 @@ class TorchLM:
     def _extend_many(
         self, sessions: Sequence[TorchSession], tokens: Sequence[Sequence[int]]
     ) -> list[np.ndarray]:
-        b = len(sessions)
+        # Rows are padded to the longest cache and the longest feed; the mask hides the padding,
+        # and the gather and the mask are built in whole-batch ops, since per-row work is what
+        # eats the batching gain of a small model.
         lens = [s.length for s in sessions]
         ns = [len(t) for t in tokens]
         s_max, t_max = max(lens), max(ns)
-        c = self.cfg
-        past_k = torch.zeros(c.n_layers, b, c.n_heads, s_max, c.head_dim)
-        past_v = torch.zeros_like(past_k)
-        ids = torch.zeros(b, t_max, dtype=torch.long)
-        pos = torch.zeros(b, t_max, dtype=torch.long)
-        mask = torch.zeros(b, t_max, s_max + t_max, dtype=torch.bool)
+        past_k = torch.stack([s.keys[:, :, :s_max] for s in sessions], dim=1)  # [L, B, H, S, hd]
+        past_v = torch.stack([s.values[:, :, :s_max] for s in sessions], dim=1)
+        ids = torch.tensor([list(t) + [0] * (t_max - len(t)) for t in tokens])  # [B, T]
+        lens_t = torch.tensor(lens)
+        pos = (lens_t[:, None] + torch.arange(t_max)[None]).clamp(max=self.cfg.max_len - 1)
+        seen = torch.arange(s_max)[None, None] < lens_t[:, None, None]  # [B, 1, S]
         tri = torch.ones(t_max, t_max, dtype=torch.bool).tril()
-        for i, (s, t) in enumerate(zip(sessions, tokens, strict=True)):
-            past_k[:, i, :, : s.length] = s.keys[:, :, : s.length]
-            past_v[:, i, :, : s.length] = s.values[:, :, : s.length]
-            ids[i, : len(t)] = torch.tensor(list(t))
-            pos[i] = torch.arange(s.length, s.length + t_max).clamp(max=c.max_len - 1)
-            mask[i, :, : s.length] = True
-            mask[i, :, s_max:] = tri
+        mask = torch.cat(
+            [seen.expand(-1, t_max, -1), tri.expand(len(sessions), -1, -1)], dim=-1
+        )  # [B, T, S+T]
         logits, k, v = self.module(ids, pos, past_k, past_v, mask)
         out = []
         for i, s in enumerate(sessions):
@@ -108,7 +106,7 @@ class TorchLM:
             s.keys[:, :, past : past + n] = k[:, i, :, s_max : s_max + n]
             s.values[:, :, past : past + n] = v[:, i, :, s_max : s_max + n]
             s._length = past + n
-            out.append(logits[i, :n].float().numpy())
+            out.append(logits[i, :n].numpy())
         return out
 
 

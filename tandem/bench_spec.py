@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from cloud_node.engine import EngineConfig, Round, VerifyEngine
 from edge_node.clouds import CloudDirectory
 from edge_node.speculation import SpecResult, SpecSettings, Speculator
 from models import task
@@ -23,7 +24,7 @@ from models.base import CausalLM
 from models.generate import generate
 from models.loader import load_lm
 from models.sampling import SamplingParams
-from models.speculative import expected_tokens_per_round
+from models.speculative import Proposal, expected_tokens_per_round
 from tandem.cluster import LocalCluster
 from tandem.report import print_table
 from tandem_wire.serving import aio_channel
@@ -151,6 +152,43 @@ async def _verify_load(
     return done[0] / (time.perf_counter() - t0), overhead
 
 
+async def _engine_load(
+    lm: CausalLM, refs: list[tuple[list[int], list[int]]], max_batch: int, k: int, seconds: float
+) -> float:
+    """Verify rounds per second of the cloud's verify engine itself, 8 sessions, no transport.
+
+    Same replayed drafts as ``_verify_load``; the sessions submit to a real VerifyEngine in this
+    process, so the figure is the verifier's throughput without gRPC's per-message cost.
+    """
+    engine = VerifyEngine(lm, EngineConfig(max_batch=max_batch))
+    engine.start()
+    stop_at = time.perf_counter() + seconds
+    done = [0]
+
+    async def one(i: int) -> None:
+        n = 0
+        while time.perf_counter() < stop_at:
+            prompt, cont = refs[(i + n * 8) % len(refs)]
+            sid = f"engine-{i}-{n}"
+            n += 1
+            engine.open(sid, prompt, SamplingParams(0.0))
+            seq, rid = list(prompt), 0
+            while len(seq) - len(prompt) + k + 1 <= len(cont) and time.perf_counter() < stop_at:
+                rid += 1
+                base = len(seq)
+                draft = cont[base - len(prompt) : base - len(prompt) + k]
+                r = await engine.submit(Round(sid, rid, base, Proposal(np.asarray(draft), None)))
+                seq += [*draft[: r.verdict.accepted], r.verdict.next_token]
+                done[0] += 1
+            engine.close(sid)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(8)))
+    rate = done[0] / (time.perf_counter() - t0)
+    await engine.stop()
+    return rate
+
+
 def _drafter_speed(fp32: CausalLM, int8: CausalLM, prompts: list[list[int]]) -> dict[str, float]:
     """ms per incremental token (torch fp32 vs ONNX int8) and teacher-forced greedy agreement."""
     times: dict[str, list[float]] = {"fp32": [], "int8": []}
@@ -200,9 +238,11 @@ def run_spec_bench(cfg: SpecBenchConfig) -> dict[str, Any]:
         matches = [r.tokens == ref for r, (_, ref) in zip(res, refs, strict=True)]
         chosen = _k_stats(res, best_k)
         cloud_tokens, cloud_cpu = asyncio.run(_cloud_only(cloud.address, prompts))
-        batched, _ = asyncio.run(_verify_load(cloud.address, refs, 8, 4, cfg.batch_seconds))
-        one_by_one, _ = asyncio.run(_verify_load(solo.address, refs, 8, 4, cfg.batch_seconds))
+        grpc_batched, _ = asyncio.run(_verify_load(cloud.address, refs, 8, 4, cfg.batch_seconds))
+        grpc_solo, _ = asyncio.run(_verify_load(solo.address, refs, 8, 4, cfg.batch_seconds))
         _, overhead = asyncio.run(_verify_load(cloud.address, refs, 1, 4, cfg.batch_seconds))
+    batched = asyncio.run(_engine_load(target, refs, 16, 4, cfg.batch_seconds))
+    one_by_one = asyncio.run(_engine_load(target, refs, 1, 4, cfg.batch_seconds))
     speed = _drafter_speed(fp32, drafter, prompts[: 10 if cfg.quick else 50])
     report.update(
         {
@@ -216,6 +256,9 @@ def run_spec_bench(cfg: SpecBenchConfig) -> dict[str, Any]:
             "batch_gain_8": batched / one_by_one,
             "verify_rounds_per_s_batched": batched,
             "verify_rounds_per_s_one_at_a_time": one_by_one,
+            "batch_gain_8_grpc": grpc_batched / grpc_solo,
+            "grpc_rounds_per_s_batched": grpc_batched,
+            "grpc_rounds_per_s_one_at_a_time": grpc_solo,
             "overhead_ms_p50": float(np.median(overhead)),
             "overhead_ms_p95": float(np.percentile(overhead, 95)),
             "onnx_int8_speedup": speed["speedup"],
