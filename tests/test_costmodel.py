@@ -1,0 +1,66 @@
+"""The scheduler's cost model: predictions follow the measured figures, plans follow objectives."""
+
+from __future__ import annotations
+
+import pytest
+
+from coordinator.costmodel import (
+    CLOUD_ONLY,
+    EDGE_ONLY,
+    SPECULATION,
+    CloudView,
+    EdgeView,
+    Request,
+    candidates,
+    plan,
+    predict,
+)
+
+CLOUD = CloudView(
+    "c1", target_ms_per_token=2.0, verify_base_ms=2.0, verify_per_token_ms=0.2, model="target"
+)
+
+
+def edge(rtt: float, a: float = 0.9) -> EdgeView:
+    return EdgeView("e1", draft_ms_per_token=0.2, rtt_ms={"c1": rtt}, acceptance={"target": a})
+
+
+def test_low_rtt_favours_speculation_and_high_rtt_cloud_only() -> None:
+    assert plan(edge(1.0), [CLOUD], Request(40)).mode == SPECULATION
+    assert plan(edge(200.0), [CLOUD], Request(40)).mode == CLOUD_ONLY
+
+
+def test_cloud_cost_objective_prefers_speculation_even_on_slow_links() -> None:
+    p = plan(edge(200.0), [CLOUD], Request(40, objective="cloud_cost"))
+    assert p.mode == SPECULATION and p.k >= 4
+
+
+def test_quality_floor_admits_edge_only_only_when_it_may() -> None:
+    assert all(p.mode != EDGE_ONLY for p in candidates(edge(1.0), [CLOUD], Request(40)))
+    p = plan(edge(500.0), [CLOUD], Request(40, quality_floor="any"))
+    assert p.mode == EDGE_ONLY and p.cloud_cpu_s == 0.0
+
+
+def test_a_busy_cloud_costs_more_and_the_plan_picks_the_faster_one() -> None:
+    busy = CloudView("c2", busy_fraction=0.8, queue_depth=10, model="target")
+    e = EdgeView("e1", rtt_ms={"c1": 20.0, "c2": 20.0}, acceptance={"target": 0.9})
+    assert (
+        predict(e, busy, CLOUD_ONLY, 0, 40).latency_s
+        > predict(e, CLOUD, CLOUD_ONLY, 0, 40).latency_s
+    )
+    assert plan(e, [busy, CLOUD], Request(40)).cloud_id == "c1"
+    assert plan(e, [busy, CLOUD], Request(40, exclude=["c1"])).cloud_id == "c2"
+
+
+def test_acceptance_drives_the_best_draft_length() -> None:
+    good = plan(edge(5.0, a=0.95), [CLOUD], Request(40, objective="cloud_cost"))
+    poor = plan(edge(5.0, a=0.3), [CLOUD], Request(40, objective="cloud_cost"))
+    assert good.k > poor.k
+
+
+def test_bad_requests_are_rejected() -> None:
+    with pytest.raises(ValueError, match="objective"):
+        Request(10, objective="speed")
+    with pytest.raises(ValueError, match="quality_floor"):
+        Request(10, quality_floor="best")
+    assert plan(edge(1.0), [CLOUD], Request(10, exclude=["c1"])) is None
