@@ -1,9 +1,18 @@
-"""How an edge node finds cloud nodes: ask the coordinator, or use a fixed list."""
+"""How an edge node finds cloud nodes, plans with the coordinator and measures its links.
+
+Cloud nodes come from the coordinator (or a fixed list when there is none); a route table can send
+a cloud's registered address through another one, which is how experiments put a link emulator
+between an edge and a cloud. Round trips are measured by probes and by every verify round.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import grpc
 
@@ -14,8 +23,17 @@ from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 log = logging.getLogger("tandem.edge")
 
 
+@dataclass(frozen=True)
+class CloudRef:
+    """A cloud node as the edge knows it."""
+
+    node_id: str
+    address: str
+    model: str = ""
+
+
 class CloudDirectory:
-    """Picks a cloud node for a request and keeps one channel per cloud address."""
+    """Picks cloud nodes, keeps one channel per address, asks for plans, measures RTT."""
 
     def __init__(
         self,
@@ -23,23 +41,43 @@ class CloudDirectory:
         coordinator: str | None = None,
         static: Sequence[str] = (),
         timeout_s: float = 2.0,
+        routes: Mapping[str, str] | None = None,
     ) -> None:
         if not coordinator and not static:
             raise ValueError("need a coordinator address or at least one cloud address")
         self.edge_id = edge_id
         self.static = list(static)
         self.timeout_s = timeout_s
-        self._coord = pb_grpc.CoordinatorStub(aio_channel(coordinator)) if coordinator else None
+        self.routes = dict(routes or {})
+        self._coord_channel = aio_channel(coordinator) if coordinator else None
+        self._coord = pb_grpc.CoordinatorStub(self._coord_channel) if coordinator else None
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self.known: dict[str, CloudRef] = {a: CloudRef(a, a) for a in self.static}
+        self.rtt_ms: dict[str, float] = {}  # EWMA round trip per cloud node id
+        self._probe: asyncio.Task[None] | None = None
+
+    @property
+    def has_coordinator(self) -> bool:
+        return self._coord is not None
 
     def stub(self, address: str) -> pb_grpc.CloudStub:
-        """A Cloud stub over a cached channel to ``address``."""
-        if address not in self._channels:
-            self._channels[address] = aio_channel(address)
-        return pb_grpc.CloudStub(self._channels[address])
+        """A Cloud stub over a cached channel to ``address`` (through its route, if any)."""
+        target = self.routes.get(address, address)
+        if target not in self._channels:
+            self._channels[target] = aio_channel(target)
+        return pb_grpc.CloudStub(self._channels[target])
+
+    def observe_rtt(self, node_id: str, ms: float, alpha: float = 0.3) -> None:
+        """Fold one round-trip measurement into the node's EWMA."""
+        old = self.rtt_ms.get(node_id)
+        self.rtt_ms[node_id] = ms if old is None else (1 - alpha) * old + alpha * ms
+
+    def model_of(self, node_id: str) -> str:
+        ref = self.known.get(node_id)
+        return ref.model if ref else ""
 
     async def pick(self, exclude: Sequence[str]) -> tuple[str, pb_grpc.CloudStub] | None:
-        """A cloud node (its name and a stub) not in ``exclude``, or None when there is none."""
+        """A cloud node (its id and a stub) not in ``exclude``, or None when there is none."""
         if self._coord is not None:
             try:
                 reply = await self._coord.PickCloud(
@@ -47,9 +85,8 @@ class CloudDirectory:
                     timeout=self.timeout_s,
                 )
                 if reply.cloud.address:
-                    return reply.cloud.node_id or reply.cloud.address, self.stub(
-                        reply.cloud.address
-                    )
+                    self._remember(reply.cloud)
+                    return reply.cloud.node_id, self.stub(reply.cloud.address)
             except grpc.aio.AioRpcError as exc:
                 log_event(log, "pick_cloud_failed", logging.WARNING, code=exc.code().name)
         for address in self.static:  # the fixed list backs up an absent coordinator
@@ -57,8 +94,70 @@ class CloudDirectory:
                 return address, self.stub(address)
         return None
 
+    async def plan(self, request: pb.PlanRequest) -> pb.PlanReply | None:
+        """The coordinator's plan, or None when there is no coordinator or it cannot plan."""
+        if self._coord is None:
+            return None
+        try:
+            reply = await self._coord.Plan(request, timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            log_event(log, "plan_failed", logging.WARNING, code=exc.code().name, why=exc.details())
+            return None
+        if reply.cloud.address:
+            self._remember(reply.cloud)
+        return reply
+
+    def _remember(self, info: pb.NodeInfo) -> None:
+        model = info.models[0].name if info.models else ""
+        self.known[info.node_id] = CloudRef(info.node_id, info.address, model)
+
+    async def refresh(self) -> None:
+        """Learn the live cloud nodes from the coordinator."""
+        if self._coord is None:
+            return
+        reply = await self._coord.ListNodes(pb.ListNodesRequest(), timeout=self.timeout_s)
+        live = {n.node_id for n in reply.nodes if n.role == pb.ROLE_CLOUD}
+        for n in reply.nodes:
+            if n.role == pb.ROLE_CLOUD:
+                self._remember(n)
+        for node_id in [k for k in self.known if k not in live and k not in self.static]:
+            del self.known[node_id]
+            self.rtt_ms.pop(node_id, None)
+
+    async def probe_once(self) -> None:
+        """Refresh the cloud list and time one small call to each cloud."""
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await self.refresh()
+        for ref in list(self.known.values()):
+            t0 = time.perf_counter()
+            try:
+                await self.stub(ref.address).Metrics(pb.MetricsRequest(), timeout=self.timeout_s)
+            except grpc.aio.AioRpcError:
+                continue
+            self.observe_rtt(ref.node_id, (time.perf_counter() - t0) * 1e3)
+
+    def start_probing(self, period_s: float = 1.0) -> None:
+        """Probe every ``period_s`` in the background."""
+
+        async def loop() -> None:
+            while True:
+                try:
+                    await self.probe_once()
+                except Exception:  # a probe failure must never stop probing
+                    log.exception("probe_failed")
+                await asyncio.sleep(period_s)
+
+        if self._probe is None:
+            self._probe = asyncio.get_running_loop().create_task(loop())
+
     async def close(self) -> None:
-        """Close every channel."""
+        """Stop probing and close every channel."""
+        if self._probe is not None:
+            self._probe.cancel()
+            await asyncio.gather(self._probe, return_exceptions=True)
+            self._probe = None
         for ch in self._channels.values():
             await ch.close()
         self._channels.clear()
+        if self._coord_channel is not None:
+            await self._coord_channel.close()
