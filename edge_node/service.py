@@ -6,13 +6,24 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 import grpc
 
 from edge_node.adaptive import K_POLICIES
 from edge_node.clouds import CloudDirectory
-from edge_node.speculation import FAILOVER_CODES, Account, SpecResult, SpecSettings, Speculator
+from edge_node.speculation import (
+    CLOUD_ONLY,
+    SPECULATION,
+    Account,
+    Hooks,
+    Replan,
+    SpecResult,
+    SpecSettings,
+    Speculator,
+)
 from models.base import CausalLM, Tokenizer
 from models.generate import generate
 from models.sampling import SamplingParams
@@ -21,6 +32,12 @@ from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 
 log = logging.getLogger("tandem.edge")
+MODE_OF = {
+    "edge-only": pb.MODE_EDGE_ONLY,
+    CLOUD_ONLY: pb.MODE_CLOUD_ONLY,
+    SPECULATION: pb.MODE_TOKEN_SPECULATION,
+}
+NAME_OF = {v: k for k, v in MODE_OF.items()}
 
 
 @dataclass(frozen=True)
@@ -67,10 +84,11 @@ class EdgeServicer(pb_grpc.EdgeServicer):
 
     async def _reject(
         self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, msg: str
-    ) -> None:
+    ) -> NoReturn:
         self.counts["rejected"] += 1
         log_event(log, "request_rejected", logging.WARNING, code=code.name, reason=msg)
         await context.abort(code, msg)
+        raise AssertionError("abort returned")  # grpc's abort always raises
 
     def _parse(self, r: pb.SolveRequest) -> tuple[list[int], SamplingParams, int, str]:
         if not r.prompt or len(r.prompt) > self.config.max_prompt_chars:
@@ -96,39 +114,64 @@ class EdgeServicer(pb_grpc.EdgeServicer):
     async def Solve(
         self, request: pb.SolveRequest, context: grpc.aio.ServicerContext
     ) -> pb.SolveReply:
+        return await self._execute(request, context, None)
+
+    async def SolveStream(
+        self, request: pb.SolveRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SolveEvent]:
+        """Tokens as they are committed, then the reply as the last event."""
+        queue: asyncio.Queue[list[int]] = asyncio.Queue()
+        task = asyncio.ensure_future(self._execute(request, context, queue.put_nowait))
+        try:
+            while not task.done() or not queue.empty():
+                getter = asyncio.ensure_future(queue.get())
+                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    tokens = getter.result()
+                    yield pb.SolveEvent(tokens=tokens, text=self.tok.decode(tokens))
+                else:
+                    getter.cancel()
+            yield pb.SolveEvent(done=task.result())
+        finally:
+            task.cancel()  # the client went away: stop working for it
+
+    async def _execute(
+        self,
+        request: pb.SolveRequest,
+        context: grpc.aio.ServicerContext,
+        on_tokens: Callable[[list[int]], None] | None,
+    ) -> pb.SolveReply:
         try:
             prompt, params, max_new, policy = self._parse(request)
         except ValueError as exc:
             await self._reject(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise
         if self.active >= self.config.max_concurrent:
             await self._reject(
                 context,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{self.active} requests in progress (max {self.config.max_concurrent})",
             )
-        mode = request.mode or self.config.default_mode
         rid = request.request_id or uuid.uuid4().hex
         self.active += 1
         t0 = time.perf_counter()
         try:
+            mode, k, first, hooks = await self._plan(request, len(prompt), max_new)
+            hooks.on_tokens = on_tokens
             if mode == pb.MODE_EDGE_ONLY:
                 result = await self._edge_only(prompt, params, max_new)
-            elif mode == pb.MODE_CLOUD_ONLY:
-                result = await self._cloud_only(prompt, params, max_new)
+                if on_tokens is not None:
+                    on_tokens(result.tokens)
             else:
-                settings = SpecSettings(
-                    max_new,
-                    self.tok.eos_id,
-                    request.draft_length or self.config.default_k,
-                    policy,
-                    self.config.k_max,
+                k = k or request.draft_length or self.config.default_k
+                settings = SpecSettings(max_new, self.tok.eos_id, k, policy, self.config.k_max)
+                start = CLOUD_ONLY if mode == pb.MODE_CLOUD_ONLY else SPECULATION
+                result = await self.spec.run(
+                    prompt, params, settings, self.clouds.pick, hooks, first, start
                 )
-                result = await self.spec.run(prompt, params, settings, self.clouds.pick)
         finally:
             self.active -= 1
             self.counts["busy_s"] += time.perf_counter() - t0
-        finished = pb.MODE_EDGE_ONLY if result.degraded else mode
+        finished = MODE_OF[result.final_mode]
         self._count(result)
         log_event(
             log,
@@ -137,15 +180,52 @@ class EdgeServicer(pb_grpc.EdgeServicer):
             mode=pb.Mode.Name(finished),
             tokens=len(result.tokens),
             degraded=result.degraded,
+            plan_revisions=result.account.plan_revisions,
             wall_s=round(result.account.wall_s, 4),
         )
+        return self._reply(rid, result, finished)
+
+    async def _plan(
+        self, request: pb.SolveRequest, n_prompt: int, max_new: int
+    ) -> tuple[int, int, tuple[str, pb_grpc.CloudStub] | None, Hooks]:
+        """The mode, k and first cloud; with no mode asked for, the coordinator's plan."""
+        hooks = Hooks(observe_rtt=self.clouds.observe_rtt)
+        if request.mode != pb.MODE_UNSPECIFIED or not self.clouds.has_coordinator:
+            return request.mode or self.config.default_mode, 0, None, hooks
+        ask = pb.PlanRequest(
+            edge_id=self.node_id,
+            objective=request.objective,
+            quality_floor=request.quality_floor,
+            cost_weight=request.cost_weight,
+            prompt_tokens=n_prompt,
+            max_new_tokens=max_new,
+        )
+        plan = await self.clouds.plan(ask)
+        if plan is None:  # no coordinator answer: this node's default
+            return self.config.default_mode, 0, None, hooks
+
+        async def replan(left: int, current: str) -> Replan | None:
+            ask.max_new_tokens = left
+            p = await self.clouds.plan(ask)
+            if p is None or p.mode == pb.MODE_EDGE_ONLY or not p.cloud.address:
+                return None
+            cloud = (p.cloud.node_id, self.clouds.stub(p.cloud.address))
+            return Replan(NAME_OF[p.mode], cloud, p.draft_length)
+
+        hooks.replan = replan
+        first = None
+        if plan.cloud.address:
+            first = (plan.cloud.node_id, self.clouds.stub(plan.cloud.address))
+        return plan.mode, plan.draft_length, first, hooks
+
+    def _reply(self, rid: str, result: SpecResult, finished: int) -> pb.SolveReply:
         a = result.account
         return pb.SolveReply(
             request_id=rid,
             text=self.tok.decode(result.tokens),
             tokens=result.tokens,
             mode=finished,
-            degraded=result.degraded and mode != pb.MODE_EDGE_ONLY,
+            degraded=result.degraded,
             cloud_node=result.cloud_node,
             note=result.note,
             account=pb.Account(
@@ -179,43 +259,8 @@ class EdgeServicer(pb_grpc.EdgeServicer):
             lambda: generate(self.lm, prompt, params, max_new, self.tok.eos_id)
         )
         wall = time.perf_counter() - t0
-        return SpecResult(tokens, Account(len(tokens), wall_s=wall, edge_model_s=wall, ttft_s=wall))
-
-    async def _cloud_only(
-        self, prompt: list[int], params: SamplingParams, max_new: int
-    ) -> SpecResult:
-        t0 = time.perf_counter()
-        tried: list[str] = []
-        req = pb.GenerateRequest(
-            prompt=prompt,
-            max_new_tokens=max_new,
-            sampling=pb.Sampling(
-                temperature=params.temperature, top_p=params.top_p, seed=params.seed
-            ),
-        )
-        note = ""
-        while (picked := await self.clouds.pick(tried)) is not None:
-            name, stub = picked
-            tried.append(name)
-            try:
-                reply = await stub.Generate(req, timeout=60.0)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() not in FAILOVER_CODES:
-                    raise
-                note = f"cloud {name} lost: {exc.code().name}"
-                continue
-            wall = time.perf_counter() - t0
-            acc = Account(
-                len(reply.tokens),
-                wall_s=wall,
-                cloud_model_cpu_s=reply.model_cpu_s,
-                ttft_s=wall,
-                bytes_sent=req.ByteSize(),
-                bytes_received=reply.ByteSize(),
-            )
-            return SpecResult(list(reply.tokens), acc, cloud_node=name)
-        alone = await self._edge_only(prompt, params, max_new)
-        return SpecResult(alone.tokens, alone.account, True, "", note or "no cloud node available")
+        acc = Account(len(tokens), wall_s=wall, edge_model_s=wall, ttft_s=wall)
+        return SpecResult(tokens, acc, final_mode="edge-only")
 
     async def Metrics(
         self, request: pb.MetricsRequest, context: grpc.aio.ServicerContext

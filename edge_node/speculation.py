@@ -177,11 +177,12 @@ class Speculator:
         pick_cloud: CloudPicker,
         hooks: Hooks | None = None,
         first: tuple[str, pb_grpc.CloudStub] | None = None,
+        start_mode: str = SPECULATION,
     ) -> SpecResult:
         """Generate after ``prompt`` with the cloud verifying; never loses the request.
 
         ``first`` is the cloud to start on (a plan's choice); ``pick_cloud`` finds the next one
-        when a cloud is lost.
+        when a cloud is lost. ``start_mode`` cloud-only sends the whole request to the cloud.
         """
         t0 = time.perf_counter()
         r = _Req(
@@ -195,7 +196,7 @@ class Speculator:
             hooks or Hooks(),
         )
         tried: list[str] = []
-        note, cloud_name, mode, preferred = "", "", SPECULATION, first
+        note, cloud_name, mode, preferred = "", "", start_mode, first
         while not self._done(r):
             picked = preferred or await pick_cloud(tried)
             preferred = None
