@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from cloud_node.costs import CostTracker
 from models.base import CausalLM, LMSession
 from models.generate import generate
 from models.sampling import SamplingParams
@@ -116,6 +117,7 @@ class VerifyEngine:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=config.queue_limit)
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model")
         self._worker: asyncio.Task[None] | None = None
+        self.costs = CostTracker()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -277,6 +279,7 @@ class VerifyEngine:
             feeds.append(s.committed[cached:n] + p.round.proposal.tokens.tolist())
         sessions = [p.session.lm_session for p in batch]
         logits, ms, cpu = await self.run_model(lambda: self.lm.extend_batch(sessions, feeds))
+        self.costs.observe_verify(sum(len(f) for f in feeds), ms)
         results = []
         for p, lg in zip(batch, logits, strict=True):
             r, s = p.round, p.session
@@ -322,6 +325,7 @@ class VerifyEngine:
             lambda: generate(self.lm, prompt, params, max_new, eos_id)
         )
         self.stats.generated_tokens += len(tokens)
+        self.costs.observe_generate(len(tokens), ms)
         return tokens, ms, cpu
 
     def metrics(self) -> dict[str, float]:

@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import NoReturn
 
@@ -29,10 +29,13 @@ from coordinator.convert import (
     node_id_from_wire,
     node_to_wire,
 )
+from coordinator.jobs import NoPlan, Scheduler
 from coordinator.nodes import NodeStatus
 from coordinator.policy import DEFAULT_POLICY, POLICIES, why_none
 from coordinator.registry import CoordinatorConfig, Registry, RegistryFull
+from coordinator.telemetry import TelemetryIntake
 from tandem_wire.serving import aio_server, bind, log_event, setup_logging, write_ready
+from tandem_wire.telemetry import Reading
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 
@@ -66,6 +69,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         self.registry = Registry(config, clock, on_expire=self._log_expired)
         self._policy = POLICIES[policy]
         self._picks = {"picks_total": 0, "picks_unavailable_total": 0}
+        self.telemetry = TelemetryIntake()
+        self.scheduler = Scheduler(self.registry, self.readings)
 
     async def Register(
         self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext
@@ -83,6 +88,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             log_event(log, "node_rejected", logging.WARNING, address=info.address, reason=str(err))
             await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
         for gone in done.replaced:
+            self.telemetry.node_removed(gone.node_id)
             log_event(
                 log,
                 "node_replaced",
@@ -98,6 +104,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             address=done.node.address,
             models=[spec.name for spec in done.node.models],
         )
+        self.telemetry.node_registered(done.node)
         return pb.RegisterReply(
             node_id=done.node.node_id, heartbeat_interval_s=self.config.heartbeat_interval_s
         )
@@ -125,6 +132,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         except InvalidField as err:
             await _invalid(context, err)
         removed = self.registry.deregister(node_id)
+        if removed:
+            self.telemetry.node_removed(node_id)
         log_event(log, "node_deregistered", node_id=node_id, removed=removed)
         return pb.DeregisterReply(removed=removed)
 
@@ -158,13 +167,50 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             nodes=[node_to_wire(status.info) for status in self.registry.snapshot().nodes]
         )
 
+    async def Plan(
+        self, request: pb.PlanRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PlanReply:
+        """The scheduler's plan for one request of an edge; UNAVAILABLE when none is admissible."""
+        try:
+            return self.scheduler.plan(request)
+        except InvalidField as err:
+            await _invalid(context, err)
+        except NoPlan as err:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, str(err))
+
+    async def Submit(
+        self, request: pb.JobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.JobEvent]:
+        """Run a client's job on an edge node; stream its progress and its result."""
+        try:
+            async for event in self.scheduler.submit(request):
+                yield event
+        except InvalidField as err:
+            await _invalid(context, err)
+        except NoPlan as err:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, str(err))
+        except grpc.aio.AioRpcError as err:
+            await _abort(context, err.code(), f"edge node: {err.details()}")
+
     def metrics(self) -> dict[str, float]:
-        """Registry counts and counters plus pick counters."""
+        """Registry counts and counters plus pick and scheduling counters."""
         out = self.registry.metrics()
         out.update({name: float(n) for name, n in self._picks.items()})
+        out.update({name: float(n) for name, n in self.scheduler.counts.items()})
+        out.update(self.telemetry.stats())
+        return out
+
+    def readings(self) -> Mapping[str, Reading]:
+        """The latest fresh telemetry reading of every registered node."""
+        out = {}
+        for status in self.registry.snapshot().nodes:
+            sample = self.telemetry.latest(status.info.node_id)
+            if sample is not None:
+                out[status.info.node_id] = sample.reading
         return out
 
     def _log_expired(self, status: NodeStatus) -> None:
+        self.telemetry.node_removed(status.info.node_id)
         log_event(
             log,
             "node_expired",
@@ -185,6 +231,7 @@ async def _maintain(servicer: CoordinatorServicer) -> None:
         await asyncio.sleep(period)
         try:
             servicer.registry.expire()
+            servicer.telemetry.sync(s.info for s in servicer.registry.snapshot().nodes)
             if time.monotonic() >= next_log:
                 next_log += config.metrics_log_interval_s
                 log_event(log, "coordinator_metrics", **servicer.metrics())
@@ -222,6 +269,7 @@ class CoordinatorServer:
         with contextlib.suppress(asyncio.CancelledError):
             await self._sweeper
         await self.server.stop(self.servicer.config.stop_grace_s if grace is None else grace)
+        await self.servicer.telemetry.stop()
 
     async def wait_for_termination(self, timeout: float | None = None) -> bool:
         """Block until the server stops; False on timeout."""
@@ -242,6 +290,7 @@ async def serve(
     pb_grpc.add_CoordinatorServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = bind(server, host, port)
+    await servicer.telemetry.start()
     await server.start()
     serving = health_pb2.HealthCheckResponse.SERVING
     await health_servicer.set("", serving)

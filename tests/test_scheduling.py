@@ -1,0 +1,130 @@
+"""Plans from the coordinator, the job API and streamed tokens, over real gRPC on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+import grpc
+import pytest
+
+from cloud_node.node import model_info, start_cloud
+from coordinator.service import serve
+from edge_node.node import EdgeNodeConfig, start_edge
+from models import task
+from models.torch_backend import load_torch
+from tandem_wire.agent import NodeAgent
+from tandem_wire.serving import aio_channel
+from tandem_wire.v1 import tandem_pb2 as pb
+from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 90))
+
+
+async def _cluster(with_cloud: bool = True) -> tuple[Any, list[Any], list[NodeAgent], str]:
+    coord, caddr = await serve()
+    tok = task.WordTokenizer()
+    nodes, agents = [], []
+    if with_cloud:
+        target = load_torch("target")
+        cloud = await start_cloud(target, tok.eos_id)
+        info = pb.NodeInfo(
+            node_id="cloud-a",
+            role=pb.ROLE_CLOUD,
+            address=cloud.address,
+            models=[model_info(target, "torch")],
+        )
+        agents.append(NodeAgent(caddr, info))
+        nodes.append(cloud)
+    edge = await start_edge(load_torch("drafter"), tok, EdgeNodeConfig(coordinator=caddr))
+    info = pb.NodeInfo(node_id="edge-a", role=pb.ROLE_EDGE, address=edge.address)
+    agents.append(NodeAgent(caddr, info))
+    nodes.append(edge)
+    for a in agents:
+        assert await a.start(wait_s=5)
+    return coord, nodes, agents, caddr
+
+
+async def _close(coord: Any, nodes: list[Any], agents: list[NodeAgent]) -> None:
+    for a in agents:
+        await a.stop()
+    for n in nodes:
+        await n.stop()
+    await coord.stop(0)
+
+
+def test_an_unplanned_request_follows_the_coordinators_plan_and_streams_tokens() -> None:
+    async def main() -> tuple[list[pb.SolveEvent], pb.PlanReply]:
+        coord, nodes, agents, caddr = await _cluster()
+        edge = nodes[-1]
+        problem = task.generate(1, task.HELDOUT_SEED)[0]
+        try:
+            async with aio_channel(edge.address) as ch:
+                req = pb.SolveRequest(prompt=problem.question, max_new_tokens=48)
+                events = [e async for e in pb_grpc.EdgeStub(ch).SolveStream(req, timeout=30)]
+            async with aio_channel(caddr) as ch:
+                plan = await pb_grpc.CoordinatorStub(ch).Plan(
+                    pb.PlanRequest(edge_id=edge.servicer.node_id, max_new_tokens=40), timeout=5
+                )
+        finally:
+            await _close(coord, nodes, agents)
+        return events, plan
+
+    events, plan = run(main())
+    *progress, last = events
+    assert progress and all(e.tokens for e in progress)
+    streamed = [t for e in progress for t in e.tokens]
+    assert streamed == list(last.done.tokens)
+    assert last.done.mode in (pb.MODE_CLOUD_ONLY, pb.MODE_TOKEN_SPECULATION)
+    assert not last.done.degraded and last.done.cloud_node == "cloud-a"
+    assert plan.cloud.node_id == "cloud-a" and plan.reason
+    assert plan.mode in (pb.MODE_CLOUD_ONLY, pb.MODE_TOKEN_SPECULATION)
+    assert {c.mode for c in plan.candidates} == {pb.MODE_CLOUD_ONLY, pb.MODE_TOKEN_SPECULATION}
+
+
+def test_the_job_api_runs_a_job_on_an_edge_and_reports_where() -> None:
+    async def main() -> list[pb.JobEvent]:
+        coord, nodes, agents, caddr = await _cluster()
+        problem = task.generate(2, task.HELDOUT_SEED)[1]
+        try:
+            async with aio_channel(caddr) as ch:
+                job = pb.JobRequest(
+                    prompt=problem.question, objective=pb.OBJECTIVE_CLOUD_COST, deadline_s=30
+                )
+                return [e async for e in pb_grpc.CoordinatorStub(ch).Submit(job, timeout=30)]
+        finally:
+            await _close(coord, nodes, agents)
+
+    events = run(main())
+    done = events[-1].done
+    assert done.edge_id == events[-1].done.edge_id and done.edge_id
+    assert done.result.mode == pb.MODE_TOKEN_SPECULATION  # the cheapest mode in cloud compute
+    assert task.is_correct(task.generate(2, task.HELDOUT_SEED)[1], done.result.text)
+    assert done.result.account.cloud_model_cpu_s > 0
+
+
+def test_plans_respect_the_quality_floor_without_clouds() -> None:
+    async def main() -> tuple[pb.PlanReply, grpc.aio.AioRpcError]:
+        coord, nodes, agents, caddr = await _cluster(with_cloud=False)
+        try:
+            async with aio_channel(caddr) as ch:
+                stub = pb_grpc.CoordinatorStub(ch)
+                anything = await stub.Plan(
+                    pb.PlanRequest(edge_id="edge-a", quality_floor=pb.QUALITY_ANY), timeout=5
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.Plan(pb.PlanRequest(edge_id="edge-a"), timeout=5)
+                with pytest.raises(grpc.aio.AioRpcError) as bad:
+                    await stub.Plan(pb.PlanRequest(edge_id="edge-a", objective=77), timeout=5)
+                assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "objective" in bad.value.details()
+        finally:
+            await _close(coord, nodes, agents)
+        return anything, err.value
+
+    anything, err = run(main())
+    assert anything.mode == pb.MODE_EDGE_ONLY
+    assert err.code() == grpc.StatusCode.UNAVAILABLE and "quality floor" in err.details()
