@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cloud_node.costs import calibrate
 from cloud_node.engine import EngineConfig, VerifyEngine
 from cloud_node.service import CloudServicer
 from models.base import CausalLM
-from tandem_wire.serving import aio_server, bind, install_stop_signals, log_event, write_ready
+from tandem_wire.lifecycle import run_node
+from tandem_wire.serving import aio_server, bind, log_event
+from tandem_wire.telemetry import Reading
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 
@@ -68,7 +71,7 @@ def model_info(lm: CausalLM, backend: str) -> pb.ModelInfo:
 
 
 async def run_cloud(config: CloudConfig, ready_file: Path | None = None) -> None:
-    """Process entry: serve until SIGTERM/SIGINT, registered with the coordinator if given."""
+    """Process entry: calibrate, serve, publish telemetry, register; stop on SIGTERM/SIGINT."""
     import torch
 
     from models.loader import load_lm  # loads torch only in the cloud process
@@ -76,35 +79,56 @@ async def run_cloud(config: CloudConfig, ready_file: Path | None = None) -> None
     torch.set_num_threads(config.torch_threads)
     lm, tok = load_lm(config.model)
     node = await start_cloud(lm, tok.eos_id, config)
-    agent = None
-    if config.coordinator:
-        from tandem_wire.agent import NodeAgent
-
-        info = pb.NodeInfo(
-            node_id=node.servicer.node_id,
-            role=pb.ROLE_CLOUD,
-            address=node.address,
-            models=[model_info(lm, config.model.split(":", 1)[0])],
-            device="cpu",
-            max_sessions=config.engine.max_sessions,
-        )
-        agent = NodeAgent(config.coordinator, info, lambda: _load(node.engine))
-        await agent.start()
-    if ready_file is not None:
-        write_ready(ready_file, node.address)
-    stop = asyncio.Event()
-    install_stop_signals(stop)
-    await stop.wait()
-    if agent is not None:
-        await agent.stop()
-    await node.stop()
-    log_event(log, "cloud_stopped", address=node.address)
+    probe = [tok.eos_id or 0] * 8
+    await node.engine.run_model(lambda: calibrate(lm, node.engine.costs, probe))
+    info = pb.NodeInfo(
+        node_id=node.servicer.node_id,
+        role=pb.ROLE_CLOUD,
+        address=node.address,
+        models=[model_info(lm, config.model.split(":", 1)[0])],
+        device="cpu",
+        max_sessions=config.engine.max_sessions,
+    )
+    window = BusyWindow(node.engine)
+    await run_node(
+        info,
+        "cloud",
+        config.coordinator,
+        lambda: _load(node.engine, window.busy),
+        lambda: _reading(node.engine, window.sample()),
+        node.stop,
+        ready_file,
+    )
 
 
-def _load(engine: VerifyEngine) -> pb.NodeLoad:
+class BusyWindow:
+    """Busy fraction of the model thread since the previous sample, not since start."""
+
+    def __init__(self, engine: VerifyEngine) -> None:
+        self.engine = engine
+        self.last = (time.monotonic(), engine.stats.busy_s)
+        self.busy = 0.0
+
+    def sample(self) -> float:
+        now, busy = time.monotonic(), self.engine.stats.busy_s
+        t0, b0 = self.last
+        if now - t0 > 0.05:
+            self.busy = min(1.0, max(0.0, (busy - b0) / (now - t0)))
+            self.last = (now, busy)
+        return self.busy
+
+
+def _reading(engine: VerifyEngine, busy: float) -> Reading:
     m = engine.metrics()
-    return pb.NodeLoad(
+    return Reading(
         active_sessions=int(m["sessions_active"]),
         queue_depth=int(m["queue_depth"]),
-        busy_fraction=m["busy_fraction"],
+        busy_fraction=busy,
+        extra=engine.costs.figures(),
+    )
+
+
+def _load(engine: VerifyEngine, busy: float) -> pb.NodeLoad:
+    return pb.NodeLoad(
+        active_sessions=len(engine.sessions), queue_depth=engine.queue_depth, busy_fraction=busy
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +9,8 @@ from pathlib import Path
 from edge_node.clouds import CloudDirectory
 from edge_node.service import EdgeConfig, EdgeServicer
 from models.base import CausalLM, Tokenizer
-from tandem_wire.serving import aio_server, bind, install_stop_signals, log_event, write_ready
+from tandem_wire.lifecycle import run_node
+from tandem_wire.serving import aio_server, bind, log_event
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 
@@ -27,6 +27,8 @@ class EdgeNodeConfig:
     node_id: str = ""  # empty: edge-<port>
     coordinator: str = ""  # coordinator address; empty: use `clouds` only
     clouds: tuple[str, ...] = ()  # fixed cloud addresses, tried when the coordinator has none
+    routes: tuple[tuple[str, str], ...] = ()  # (cloud address, address to dial instead)
+    probe_period_s: float = 1.0  # how often the RTT to every cloud is measured
     device: str = "cpu"  # device profile reported to the coordinator
     edge: EdgeConfig = field(default_factory=EdgeConfig)  # request defaults and limits
 
@@ -50,7 +52,9 @@ async def start_edge(lm: CausalLM, tok: Tokenizer, config: EdgeNodeConfig) -> Ed
     server = aio_server()
     address = bind(server, config.host, config.port)
     node_id = config.node_id or f"edge-{address}"
-    clouds = CloudDirectory(node_id, config.coordinator or None, config.clouds)
+    clouds = CloudDirectory(
+        node_id, config.coordinator or None, config.clouds, routes=dict(config.routes)
+    )
     servicer = EdgeServicer(node_id, lm, tok, clouds, config.edge)
     pb_grpc.add_EdgeServicer_to_server(servicer, server)
     await server.start()
@@ -59,35 +63,27 @@ async def start_edge(lm: CausalLM, tok: Tokenizer, config: EdgeNodeConfig) -> Ed
 
 
 async def run_edge(config: EdgeNodeConfig, ready_file: Path | None = None) -> None:
-    """Process entry: serve until SIGTERM/SIGINT, registered with the coordinator if given."""
+    """Process entry: serve, probe the clouds, publish telemetry, register; stop on a signal."""
     from models.loader import load_lm
 
     lm, tok = load_lm(config.model)
     node = await start_edge(lm, tok, config)
-    agent = None
-    if config.coordinator:
-        from tandem_wire.agent import NodeAgent
-
-        info = pb.NodeInfo(
-            node_id=node.servicer.node_id,
-            role=pb.ROLE_EDGE,
-            address=node.address,
-            models=[pb.ModelInfo(name=lm.name, vocab_size=lm.vocab_size)],
-            device=config.device,
-            max_sessions=config.edge.max_concurrent,
-        )
-        agent = NodeAgent(
-            config.coordinator,
-            info,
-            lambda: pb.NodeLoad(active_sessions=node.servicer.active),
-        )
-        await agent.start()
-    if ready_file is not None:
-        write_ready(ready_file, node.address)
-    stop = asyncio.Event()
-    install_stop_signals(stop)
-    await stop.wait()
-    if agent is not None:
-        await agent.stop()
-    await node.stop()
-    log_event(log, "edge_stopped", address=node.address)
+    node.servicer.calibrate()
+    node.servicer.clouds.start_probing(config.probe_period_s)
+    info = pb.NodeInfo(
+        node_id=node.servicer.node_id,
+        role=pb.ROLE_EDGE,
+        address=node.address,
+        models=[pb.ModelInfo(name=lm.name, vocab_size=lm.vocab_size)],
+        device=config.device,
+        max_sessions=config.edge.max_concurrent,
+    )
+    await run_node(
+        info,
+        "edge",
+        config.coordinator,
+        lambda: pb.NodeLoad(active_sessions=node.servicer.active),
+        node.servicer.reading,
+        node.stop,
+        ready_file,
+    )

@@ -28,6 +28,7 @@ from models.base import CausalLM, Tokenizer
 from models.generate import generate
 from models.sampling import SamplingParams
 from tandem_wire.serving import log_event
+from tandem_wire.telemetry import AcceptanceStats, Reading
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 
@@ -71,6 +72,8 @@ class EdgeServicer(pb_grpc.EdgeServicer):
         self.config = config
         self.spec = Speculator(lm)
         self.active = 0
+        self.draft_ms: float | None = None  # EWMA of drafter ms per drafted token
+        self.acceptance: dict[tuple[str, str], AcceptanceStats] = {}  # (drafter, target)
         self.counts: dict[str, float] = {
             "requests": 0.0,
             "degraded": 0.0,
@@ -242,8 +245,32 @@ class EdgeServicer(pb_grpc.EdgeServicer):
             ),
         )
 
+    def calibrate(self, tokens: int = 8) -> None:
+        """Time a short draft so plans start from this device's real speed."""
+        prompt = [self.tok.bos_id if self.tok.bos_id is not None else 0] * 4
+        t0 = time.perf_counter()
+        generate(self.lm, prompt, SamplingParams(), tokens, None)
+        self.draft_ms = (time.perf_counter() - t0) * 1e3 / tokens
+
+    def reading(self) -> Reading:
+        """This node's telemetry: load, RTT to each cloud, acceptance per pair, draft cost."""
+        return Reading(
+            active_sessions=self.active,
+            rtt_ms=dict(self.clouds.rtt_ms),
+            acceptance=dict(self.acceptance),
+            extra={"draft_ms_per_token": self.draft_ms} if self.draft_ms else {},
+        )
+
     def _count(self, r: SpecResult) -> None:
-        c, a = self.counts, r.account
+        a = r.account
+        if a.drafted_tokens:
+            pair = (self.lm.name, self.clouds.model_of(r.cloud_node) or r.cloud_node)
+            self.acceptance[pair] = self.acceptance.get(pair, AcceptanceStats()) + AcceptanceStats(
+                a.drafted_tokens, a.accepted_tokens, a.verify_rounds, a.full_rounds
+            )
+            per = 1e3 * a.edge_model_s / a.drafted_tokens
+            self.draft_ms = per if self.draft_ms is None else 0.8 * self.draft_ms + 0.2 * per
+        c = self.counts
         c["requests"] += 1
         c["degraded"] += float(r.degraded)
         c["generated_tokens"] += a.generated_tokens

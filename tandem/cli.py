@@ -76,9 +76,17 @@ def _serve(args: argparse.Namespace) -> int:
         node_id=args.node_id,
         coordinator=args.coordinator,
         clouds=tuple(args.cloud),
+        routes=tuple(_route(r) for r in args.route),
     )
     asyncio.run(run_edge(ecfg, ready))
     return 0
+
+
+def _route(text: str) -> tuple[str, str]:
+    real, sep, via = text.partition("=")
+    if not sep or not real or not via:
+        raise ValueError(f"--route takes CLOUD_ADDRESS=ADDRESS_TO_DIAL, got {text!r}")
+    return real, via
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -135,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--node-id", default="")
     s.add_argument("--coordinator", default="", help="coordinator host:port")
     s.add_argument("--cloud", action="append", default=[], help="fixed cloud host:port (edge)")
+    s.add_argument(
+        "--route", action="append", default=[], help="edge: CLOUD=VIA dials VIA for CLOUD's address"
+    )
     s.add_argument("--threads", type=int, default=1, help="torch threads (cloud)")
     s.add_argument("--max-batch", type=int, default=16, help="verify rounds per pass (cloud)")
     s.add_argument("--max-wait-ms", type=float, default=0.0, help="batch fill wait (cloud)")

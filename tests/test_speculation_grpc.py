@@ -195,7 +195,10 @@ def test_a_retried_round_is_applied_once(tok, target_lm) -> None:
 
 def test_concurrent_sessions_are_batched(tok, target_lm, drafter_lm) -> None:
     async def main() -> dict[str, float]:
-        node = await start_cloud(target_lm, tok.eos_id)
+        # a short fill wait makes the batching independent of how busy the machine is
+        node = await start_cloud(
+            target_lm, tok.eos_id, CloudConfig(engine=EngineConfig(max_wait_ms=3.0))
+        )
         clouds = CloudDirectory("edge-test", static=[node.address])
         specs = [Speculator(drafter_lm) for _ in range(8)]
         try:
@@ -207,6 +210,10 @@ def test_concurrent_sessions_are_batched(tok, target_lm, drafter_lm) -> None:
             )
             for p, r in zip(prompts(tok, 8), results, strict=True):
                 assert r.tokens == generate(target_lm, p, SamplingParams(0.0), 24, None)
+            for _ in range(200):  # closing is asynchronous: wait for the streams to end
+                if not node.engine.sessions:
+                    break
+                await asyncio.sleep(0.01)
             return node.engine.metrics()
         finally:
             await clouds.close()

@@ -1,0 +1,48 @@
+"""The life of a node process, shared by edge and cloud: publish, register, serve, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from tandem_wire.agent import NodeAgent
+from tandem_wire.serving import install_stop_signals, log_event, write_ready
+from tandem_wire.telemetry import Reading, TelemetryPublisher
+from tandem_wire.v1 import tandem_pb2 as pb
+
+log = logging.getLogger("tandem_wire.lifecycle")
+
+
+async def run_node(
+    info: pb.NodeInfo,
+    role: str,
+    coordinator: str,
+    load_fn: Callable[[], pb.NodeLoad],
+    sample_fn: Callable[[], Reading],
+    stop_node: Callable[[], Awaitable[None]],
+    ready_file: Path | None = None,
+) -> None:
+    """Publish telemetry, register (when a coordinator is given), run until SIGTERM/SIGINT.
+
+    The telemetry endpoint goes into ``info`` before registering, so the coordinator follows the
+    node from its first heartbeat on.
+    """
+    publisher = TelemetryPublisher(info.node_id, role, sample_fn)
+    info.telemetry_address = await publisher.start()
+    agent = None
+    if coordinator:
+        agent = NodeAgent(coordinator, info, load_fn)
+        await agent.start()
+    if ready_file is not None:
+        write_ready(ready_file, info.address)
+    log_event(log, "node_running", node_id=info.node_id, telemetry=info.telemetry_address)
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    await stop.wait()
+    if agent is not None:
+        await agent.stop()
+    await publisher.stop()
+    await stop_node()
+    log_event(log, "node_stopped", node_id=info.node_id)
