@@ -29,10 +29,15 @@ class CloudView:
     queue_depth: int = 0  # verify rounds waiting
     model: str = ""  # target model name
 
-    def slowdown(self) -> float:
-        """Queueing stretch of each model call: 1 / (1 - rho), capped (M/M/1 waiting time)."""
+    def wait_ms(self) -> float:
+        """Expected wait of one model call behind other work (M/M/1: rho / (1 - rho) passes).
+
+        The model thread is not preemptive: a verify round or a whole generation waits for the
+        pass in progress and the queue ahead of it, so every call pays this once.
+        """
         rho = min(max(self.busy_fraction, 0.0), 0.9)
-        return 1.0 / (1.0 - rho) + 0.1 * self.queue_depth
+        pass_ms = self.verify_base_ms + 4 * self.verify_per_token_ms
+        return (rho / (1.0 - rho) + self.queue_depth) * pass_ms
 
 
 @dataclass(frozen=True)
@@ -91,14 +96,14 @@ def predict(edge: EdgeView, cloud: CloudView | None, mode: str, k: int, n: int) 
         return Prediction(mode, 0, "", n * edge.draft_ms_per_token / 1e3, 0.0)
     assert cloud is not None, f"{mode} needs a cloud"
     rtt = edge.rtt_ms.get(cloud.node_id, edge.default_rtt_ms)
-    stretch = cloud.slowdown()
+    wait = cloud.wait_ms()
     if mode == CLOUD_ONLY:
         compute = n * cloud.target_ms_per_token
-        return Prediction(mode, 0, cloud.node_id, (rtt + compute * stretch) / 1e3, compute / 1e3)
+        return Prediction(mode, 0, cloud.node_id, (rtt + wait + compute) / 1e3, compute / 1e3)
     a = edge.acceptance.get(cloud.model, edge.default_acceptance)
     rounds = n / expected_per_round(a, k)
     verify = cloud.verify_base_ms + k * cloud.verify_per_token_ms
-    round_ms = rtt + k * edge.draft_ms_per_token + verify * stretch
+    round_ms = rtt + k * edge.draft_ms_per_token + wait + verify
     # one extra round trip opens the session
     return Prediction(
         mode, k, cloud.node_id, (rtt + rounds * round_ms) / 1e3, rounds * verify / 1e3

@@ -55,6 +55,8 @@ class CloudDirectory:
         self.known: dict[str, CloudRef] = {a: CloudRef(a, a) for a in self.static}
         self.rtt_ms: dict[str, float] = {}  # EWMA round trip per cloud node id
         self._probe: asyncio.Task[None] | None = None
+        self.plan_ttl_s = 1.0  # how long a plan is reused for like requests
+        self._plans: dict[tuple[object, ...], tuple[float, pb.PlanReply]] = {}
 
     @property
     def has_coordinator(self) -> bool:
@@ -94,10 +96,26 @@ class CloudDirectory:
                 return address, self.stub(address)
         return None
 
-    async def plan(self, request: pb.PlanRequest) -> pb.PlanReply | None:
-        """The coordinator's plan, or None when there is no coordinator or it cannot plan."""
+    async def plan(self, request: pb.PlanRequest, fresh: bool = False) -> pb.PlanReply | None:
+        """The coordinator's plan, or None when there is no coordinator or it cannot plan.
+
+        A plan for a like request (same objective, floor, weight, exclusions and a length in the
+        same power-of-two bucket) is reused for ``plan_ttl_s``: a round trip to the coordinator
+        per request costs as much as a few tokens on a fast link. ``fresh`` skips the cache.
+        """
         if self._coord is None:
             return None
+        key = (
+            request.objective,
+            request.quality_floor,
+            request.cost_weight,
+            request.model,
+            tuple(request.exclude),
+            max(request.max_new_tokens, 1).bit_length(),
+        )
+        hit = self._plans.get(key)
+        if not fresh and hit is not None and time.monotonic() - hit[0] < self.plan_ttl_s:
+            return hit[1]
         try:
             reply = await self._coord.Plan(request, timeout=self.timeout_s)
         except grpc.aio.AioRpcError as exc:
@@ -105,6 +123,7 @@ class CloudDirectory:
             return None
         if reply.cloud.address:
             self._remember(reply.cloud)
+        self._plans[key] = (time.monotonic(), reply)
         return reply
 
     def _remember(self, info: pb.NodeInfo) -> None:

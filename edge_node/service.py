@@ -209,7 +209,7 @@ class EdgeServicer(pb_grpc.EdgeServicer):
 
         async def replan(left: int, current: str) -> Replan | None:
             ask.max_new_tokens = left
-            p = await self.clouds.plan(ask)
+            p = await self.clouds.plan(ask, fresh=True)
             if p is None or p.mode == pb.MODE_EDGE_ONLY or not p.cloud.address:
                 return None
             cloud = (p.cloud.node_id, self.clouds.stub(p.cloud.address))

@@ -107,9 +107,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from tandem.bench_spec import SpecBenchConfig, run_spec_bench
+    if args.bench == "spec":
+        from tandem.bench_spec import SpecBenchConfig, run_spec_bench
 
-    report = run_spec_bench(SpecBenchConfig(quick=args.quick, out_dir=Path(args.out)))
+        report = run_spec_bench(SpecBenchConfig(quick=args.quick, out_dir=Path(args.out)))
+    else:
+        from tandem.bench_schedule import ScheduleBenchConfig, run_schedule_bench
+
+        report = run_schedule_bench(ScheduleBenchConfig(quick=args.quick, out_dir=Path(args.out)))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -171,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--json", default="", help="write the figures here")
     bs.add_argument("--out", default="runs/bench-spec", help="folder for the plot")
     bs.set_defaults(fn=_bench)
+    bh = bsub.add_parser("schedule", help="adaptive scheduling vs static policies, emulated links")
+    bh.add_argument("--quick", action="store_true", help="fewer RTTs and problems")
+    bh.add_argument("--json", default="", help="write the figures here")
+    bh.add_argument("--out", default="runs/bench-schedule", help="folder for the plot and logs")
+    bh.set_defaults(fn=_bench)
 
     try:
         from simulations.link.cli import add_parser as add_link
