@@ -246,11 +246,12 @@ class EdgeServicer(pb_grpc.EdgeServicer):
         )
 
     def calibrate(self, tokens: int = 8) -> None:
-        """Time a short draft so plans start from this device's real speed."""
+        """Time a short draft so plans start from this device's real speed (warm run only)."""
         prompt = [self.tok.bos_id if self.tok.bos_id is not None else 0] * 4
+        generate(self.lm, prompt, SamplingParams(), tokens, None)  # first run pays warm-up
         t0 = time.perf_counter()
         generate(self.lm, prompt, SamplingParams(), tokens, None)
-        self.draft_ms = (time.perf_counter() - t0) * 1e3 / tokens
+        self.draft_ms = (time.perf_counter() - t0) * 1e3 / (tokens + 1)
 
     def reading(self) -> Reading:
         """This node's telemetry: load, RTT to each cloud, acceptance per pair, draft cost."""
@@ -269,7 +270,7 @@ class EdgeServicer(pb_grpc.EdgeServicer):
                 a.drafted_tokens, a.accepted_tokens, a.verify_rounds, a.full_rounds
             )
             per = 1e3 * a.edge_model_s / a.drafted_tokens
-            self.draft_ms = per if self.draft_ms is None else 0.8 * self.draft_ms + 0.2 * per
+            self.draft_ms = per if self.draft_ms is None else 0.7 * self.draft_ms + 0.3 * per
         c = self.counts
         c["requests"] += 1
         c["degraded"] += float(r.degraded)
