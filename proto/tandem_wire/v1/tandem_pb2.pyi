@@ -398,6 +398,70 @@ class MetricsReply(_message.Message):
     values: _containers.ScalarMap[str, float]
     def __init__(self, node_id: _Optional[str] = ..., values: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
+class PartialSolution(_message.Message):
+    __slots__ = ("question", "steps")
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    question: str
+    steps: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, question: _Optional[str] = ..., steps: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ScoreRequest(_message.Message):
+    __slots__ = ("items", "scorer")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    SCORER_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[PartialSolution]
+    scorer: str
+    def __init__(self, items: _Optional[_Iterable[_Union[PartialSolution, _Mapping]]] = ..., scorer: _Optional[str] = ...) -> None: ...
+
+class StepScores(_message.Message):
+    __slots__ = ("scores",)
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, scores: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ScoreReply(_message.Message):
+    __slots__ = ("items", "model_ms", "batch_size")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_MS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[StepScores]
+    model_ms: float
+    batch_size: int
+    def __init__(self, items: _Optional[_Iterable[_Union[StepScores, _Mapping]]] = ..., model_ms: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
+
+class StepRequest(_message.Message):
+    __slots__ = ("prefix", "sampling", "max_tokens", "delimiter")
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DELIMITER_FIELD_NUMBER: _ClassVar[int]
+    prefix: PartialSolution
+    sampling: Sampling
+    max_tokens: int
+    delimiter: str
+    def __init__(self, prefix: _Optional[_Union[PartialSolution, _Mapping]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., max_tokens: _Optional[int] = ..., delimiter: _Optional[str] = ...) -> None: ...
+
+class StepDraftMsg(_message.Message):
+    __slots__ = ("text", "tokens", "complete", "ended")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    tokens: int
+    complete: bool
+    ended: bool
+    def __init__(self, text: _Optional[str] = ..., tokens: _Optional[int] = ..., complete: _Optional[bool] = ..., ended: _Optional[bool] = ...) -> None: ...
+
+class StepReply(_message.Message):
+    __slots__ = ("step", "model_ms")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    MODEL_MS_FIELD_NUMBER: _ClassVar[int]
+    step: StepDraftMsg
+    model_ms: float
+    def __init__(self, step: _Optional[_Union[StepDraftMsg, _Mapping]] = ..., model_ms: _Optional[float] = ...) -> None: ...
+
 class SolveRequest(_message.Message):
     __slots__ = ("request_id", "prompt", "sampling", "mode", "max_new_tokens", "draft_length", "k_policy", "objective", "quality_floor", "cost_weight")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -477,3 +541,93 @@ class SolveEvent(_message.Message):
     mode: Mode
     done: SolveReply
     def __init__(self, tokens: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., mode: _Optional[_Union[Mode, str]] = ..., done: _Optional[_Union[SolveReply, _Mapping]] = ...) -> None: ...
+
+class ProposeRequest(_message.Message):
+    __slots__ = ("question", "prefixes", "n", "temperature", "seed", "max_tokens")
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    PREFIXES_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    question: str
+    prefixes: _containers.RepeatedCompositeFieldContainer[PartialSolution]
+    n: int
+    temperature: float
+    seed: int
+    max_tokens: int
+    def __init__(self, question: _Optional[str] = ..., prefixes: _Optional[_Iterable[_Union[PartialSolution, _Mapping]]] = ..., n: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., max_tokens: _Optional[int] = ...) -> None: ...
+
+class Candidates(_message.Message):
+    __slots__ = ("drafts",)
+    DRAFTS_FIELD_NUMBER: _ClassVar[int]
+    drafts: _containers.RepeatedCompositeFieldContainer[StepDraftMsg]
+    def __init__(self, drafts: _Optional[_Iterable[_Union[StepDraftMsg, _Mapping]]] = ...) -> None: ...
+
+class ProposeReply(_message.Message):
+    __slots__ = ("per_prefix", "model_ms")
+    PER_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    MODEL_MS_FIELD_NUMBER: _ClassVar[int]
+    per_prefix: _containers.RepeatedCompositeFieldContainer[Candidates]
+    model_ms: float
+    def __init__(self, per_prefix: _Optional[_Iterable[_Union[Candidates, _Mapping]]] = ..., model_ms: _Optional[float] = ...) -> None: ...
+
+class ReasonRequest(_message.Message):
+    __slots__ = ("request_id", "question", "strategy", "n", "m", "threshold", "first_cloud_steps", "token_budget", "score_budget", "seed", "token_speculation")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    M_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    FIRST_CLOUD_STEPS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    SCORE_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_SPECULATION_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    question: str
+    strategy: str
+    n: int
+    m: int
+    threshold: float
+    first_cloud_steps: int
+    token_budget: int
+    score_budget: int
+    seed: int
+    token_speculation: bool
+    def __init__(self, request_id: _Optional[str] = ..., question: _Optional[str] = ..., strategy: _Optional[str] = ..., n: _Optional[int] = ..., m: _Optional[int] = ..., threshold: _Optional[float] = ..., first_cloud_steps: _Optional[int] = ..., token_budget: _Optional[int] = ..., score_budget: _Optional[int] = ..., seed: _Optional[int] = ..., token_speculation: _Optional[bool] = ...) -> None: ...
+
+class ReasonAccount(_message.Message):
+    __slots__ = ("drafted_tokens", "drafted_steps", "accepted_steps", "scorer_calls", "cloud_tokens", "bytes_sent", "bytes_received", "wall_s")
+    DRAFTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DRAFTED_STEPS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_STEPS_FIELD_NUMBER: _ClassVar[int]
+    SCORER_CALLS_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    WALL_S_FIELD_NUMBER: _ClassVar[int]
+    drafted_tokens: int
+    drafted_steps: int
+    accepted_steps: int
+    scorer_calls: int
+    cloud_tokens: int
+    bytes_sent: int
+    bytes_received: int
+    wall_s: float
+    def __init__(self, drafted_tokens: _Optional[int] = ..., drafted_steps: _Optional[int] = ..., accepted_steps: _Optional[int] = ..., scorer_calls: _Optional[int] = ..., cloud_tokens: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., wall_s: _Optional[float] = ...) -> None: ...
+
+class ReasonReply(_message.Message):
+    __slots__ = ("request_id", "answer", "steps", "text", "account")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    answer: str
+    steps: _containers.RepeatedScalarFieldContainer[str]
+    text: str
+    account: ReasonAccount
+    def __init__(self, request_id: _Optional[str] = ..., answer: _Optional[str] = ..., steps: _Optional[_Iterable[str]] = ..., text: _Optional[str] = ..., account: _Optional[_Union[ReasonAccount, _Mapping]] = ...) -> None: ...

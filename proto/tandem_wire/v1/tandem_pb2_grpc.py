@@ -379,6 +379,16 @@ class CloudStub:
                 request_serializer=tandem__wire_dot_v1_dot_tandem__pb2.MetricsRequest.SerializeToString,
                 response_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.MetricsReply.FromString,
                 _registered_method=True)
+        self.ScoreSteps = channel.unary_unary(
+                '/tandem_wire.v1.Cloud/ScoreSteps',
+                request_serializer=tandem__wire_dot_v1_dot_tandem__pb2.ScoreRequest.SerializeToString,
+                response_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.ScoreReply.FromString,
+                _registered_method=True)
+        self.GenerateStep = channel.unary_unary(
+                '/tandem_wire.v1.Cloud/GenerateStep',
+                request_serializer=tandem__wire_dot_v1_dot_tandem__pb2.StepRequest.SerializeToString,
+                response_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.StepReply.FromString,
+                _registered_method=True)
 
 
 class CloudServicer:
@@ -402,6 +412,20 @@ class CloudServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScoreSteps(self, request, context):
+        """batched across concurrent calls
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GenerateStep(self, request, context):
+        """the target writes the next step
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CloudServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -419,6 +443,16 @@ def add_CloudServicer_to_server(servicer, server):
                     servicer.Metrics,
                     request_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.MetricsRequest.FromString,
                     response_serializer=tandem__wire_dot_v1_dot_tandem__pb2.MetricsReply.SerializeToString,
+            ),
+            'ScoreSteps': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScoreSteps,
+                    request_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.ScoreRequest.FromString,
+                    response_serializer=tandem__wire_dot_v1_dot_tandem__pb2.ScoreReply.SerializeToString,
+            ),
+            'GenerateStep': grpc.unary_unary_rpc_method_handler(
+                    servicer.GenerateStep,
+                    request_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.StepRequest.FromString,
+                    response_serializer=tandem__wire_dot_v1_dot_tandem__pb2.StepReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -512,6 +546,60 @@ class Cloud:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def ScoreSteps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem_wire.v1.Cloud/ScoreSteps',
+            tandem__wire_dot_v1_dot_tandem__pb2.ScoreRequest.SerializeToString,
+            tandem__wire_dot_v1_dot_tandem__pb2.ScoreReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateStep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem_wire.v1.Cloud/GenerateStep',
+            tandem__wire_dot_v1_dot_tandem__pb2.StepRequest.SerializeToString,
+            tandem__wire_dot_v1_dot_tandem__pb2.StepReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class EdgeStub:
     """Missing associated documentation comment in .proto file."""
@@ -531,6 +619,16 @@ class EdgeStub:
                 '/tandem_wire.v1.Edge/SolveStream',
                 request_serializer=tandem__wire_dot_v1_dot_tandem__pb2.SolveRequest.SerializeToString,
                 response_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.SolveEvent.FromString,
+                _registered_method=True)
+        self.ProposeSteps = channel.unary_unary(
+                '/tandem_wire.v1.Edge/ProposeSteps',
+                request_serializer=tandem__wire_dot_v1_dot_tandem__pb2.ProposeRequest.SerializeToString,
+                response_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.ProposeReply.FromString,
+                _registered_method=True)
+        self.Reason = channel.unary_unary(
+                '/tandem_wire.v1.Edge/Reason',
+                request_serializer=tandem__wire_dot_v1_dot_tandem__pb2.ReasonRequest.SerializeToString,
+                response_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.ReasonReply.FromString,
                 _registered_method=True)
         self.Metrics = channel.unary_unary(
                 '/tandem_wire.v1.Edge/Metrics',
@@ -554,6 +652,20 @@ class EdgeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProposeSteps(self, request, context):
+        """drafts for a remote controller
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reason(self, request, context):
+        """step speculation or PRM-guided search
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Metrics(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -572,6 +684,16 @@ def add_EdgeServicer_to_server(servicer, server):
                     servicer.SolveStream,
                     request_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.SolveRequest.FromString,
                     response_serializer=tandem__wire_dot_v1_dot_tandem__pb2.SolveEvent.SerializeToString,
+            ),
+            'ProposeSteps': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProposeSteps,
+                    request_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.ProposeRequest.FromString,
+                    response_serializer=tandem__wire_dot_v1_dot_tandem__pb2.ProposeReply.SerializeToString,
+            ),
+            'Reason': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reason,
+                    request_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.ReasonRequest.FromString,
+                    response_serializer=tandem__wire_dot_v1_dot_tandem__pb2.ReasonReply.SerializeToString,
             ),
             'Metrics': grpc.unary_unary_rpc_method_handler(
                     servicer.Metrics,
@@ -633,6 +755,60 @@ class Edge:
             '/tandem_wire.v1.Edge/SolveStream',
             tandem__wire_dot_v1_dot_tandem__pb2.SolveRequest.SerializeToString,
             tandem__wire_dot_v1_dot_tandem__pb2.SolveEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProposeSteps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem_wire.v1.Edge/ProposeSteps',
+            tandem__wire_dot_v1_dot_tandem__pb2.ProposeRequest.SerializeToString,
+            tandem__wire_dot_v1_dot_tandem__pb2.ProposeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reason(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem_wire.v1.Edge/Reason',
+            tandem__wire_dot_v1_dot_tandem__pb2.ReasonRequest.SerializeToString,
+            tandem__wire_dot_v1_dot_tandem__pb2.ReasonReply.FromString,
             options,
             channel_credentials,
             insecure,
