@@ -107,6 +107,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    import torch
+
+    # one intra-op thread: the benchmarks run several processes on few cores, and torch's
+    # worker threads spin against them
+    torch.set_num_threads(1)
     if args.bench == "spec":
         from tandem.bench_spec import SpecBenchConfig, run_spec_bench
 
