@@ -1,0 +1,135 @@
+"""Step proposals: the drafter side of step speculation and PRM search.
+
+A step is the text a model writes up to the step delimiter (``;``) or the end of its sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from models.base import CausalLM, Tokenizer
+from models.sampling import SamplingParams, probs, sample
+from models.task import STEP_DELIMITER
+
+
+@dataclass(frozen=True)
+class StepDraft:
+    """One proposed next step."""
+
+    text: str  # the step, stripped, without its delimiter
+    tokens: int  # tokens generated for it, the delimiter or eos included
+    complete: bool  # False when the token cap cut it mid-step (then it must not be used)
+    ended: bool  # the model closed its sequence (eos or max_len) right after this step
+
+
+@runtime_checkable
+class StepProposer(Protocol):
+    """Proposes candidate next steps for partial solutions of one question."""
+
+    def propose(
+        self,
+        question: str,
+        prefixes: Sequence[Sequence[str]],
+        n: int,
+        temperature: float,
+        seed: int,
+        max_tokens: int | None = None,
+    ) -> list[list[StepDraft]]:
+        """``n`` candidates per prefix (one list per prefix, in order).
+
+        ``max_tokens`` caps the tokens generated over the whole call, so a search never drafts
+        past its budget; candidates the cap cuts short come back with ``complete=False``.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class LMProposerConfig:
+    """How an LM writes steps."""
+
+    max_step_tokens: int = 12  # a step longer than this is cut (the task's steps have 5 words)
+    top_p: float = 1.0  # nucleus sampling mass
+    step_joiner: str = f" {STEP_DELIMITER} "  # separates steps in the prompt text
+
+
+class LMStepProposer:
+    """Steps sampled from any CausalLM + Tokenizer; all candidates advance in one batched pass."""
+
+    def __init__(
+        self, lm: CausalLM, tokenizer: Tokenizer, config: LMProposerConfig | None = None
+    ) -> None:
+        self.lm, self.tok = lm, tokenizer
+        self.config = config or LMProposerConfig()
+        delim = tokenizer.encode(STEP_DELIMITER)
+        if len(delim) != 1:
+            raise ValueError(f"the step delimiter {STEP_DELIMITER!r} must be a single token")
+        self.delimiter_id = delim[0]
+
+    def prompt(self, question: str, steps: Sequence[str]) -> list[int]:
+        """Token ids of the question and the steps so far, each closed by its delimiter."""
+        j = self.config.step_joiner
+        text = question + (" " + j.join(steps) + j.rstrip() if steps else "")
+        return [self.tok.bos_id, *self.tok.encode(text)]
+
+    def propose(
+        self,
+        question: str,
+        prefixes: Sequence[Sequence[str]],
+        n: int,
+        temperature: float,
+        seed: int,
+        max_tokens: int | None = None,
+    ) -> list[list[StepDraft]]:
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        rng = np.random.default_rng(seed)
+        params = SamplingParams(temperature=temperature, top_p=self.config.top_p, seed=seed)
+        prompts = [self.prompt(question, s) for s in prefixes for _ in range(n)]
+        cap = max_tokens if max_tokens is not None else len(prompts) * self.config.max_step_tokens
+        drafts = self._sample(prompts, params, rng, cap)
+        return [drafts[i * n : (i + 1) * n] for i in range(len(prefixes))]
+
+    def _sample(
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        rng: np.random.Generator,
+        cap: int,
+    ) -> list[StepDraft]:
+        """Advance every prompt token by token in one batch until its step closes or cap is hit."""
+        out: list[list[int]] = [[] for _ in prompts]
+        closed = [len(p) >= self.lm.max_len for p in prompts]  # no room: the sequence is over
+        ended = list(closed)
+        sessions = [self.lm.session() for _ in prompts]
+        live = [i for i, c in enumerate(closed) if not c]
+        feed = [prompts[i] for i in live]
+        used = 0
+        while live and used < cap:
+            logits = self.lm.extend_batch([sessions[i] for i in live], feed)
+            live = live[: cap - used]  # when the cap binds, the first rows get the last tokens
+            nxt_live, feed = [], []
+            for i, lg in zip(live, logits, strict=False):
+                token = sample(probs(lg[-1], params), rng)
+                out[i].append(token)
+                used += 1
+                length = sessions[i].length + 1
+                if token == self.tok.eos_id or length >= self.lm.max_len:
+                    closed[i] = ended[i] = True
+                elif token == self.delimiter_id or len(out[i]) >= self.config.max_step_tokens:
+                    closed[i] = True
+                else:
+                    nxt_live.append(i)
+                    feed.append([token])
+            live = nxt_live
+        return [
+            StepDraft(self._text(toks), len(toks), closed[i], ended[i])
+            for i, toks in enumerate(out)
+        ]
+
+    def _text(self, tokens: list[int]) -> str:
+        body = [t for t in tokens if t not in (self.delimiter_id, self.tok.eos_id)]
+        return self.tok.decode(body).strip()
