@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cloud_node.costs import calibrate
 from cloud_node.engine import EngineConfig, VerifyEngine
 from cloud_node.service import CloudServicer
-from models.base import CausalLM
+from cloud_node.steps import StepService
+from models.base import CausalLM, Tokenizer
+from models.reasoning.protocols import StepScorer
 from tandem_wire.lifecycle import run_node
 from tandem_wire.serving import aio_server, bind, log_event
 from tandem_wire.telemetry import Reading
@@ -31,6 +33,7 @@ class CloudConfig:
     coordinator: str = ""  # coordinator address; empty: do not register
     torch_threads: int = 1  # intra-op threads of the target (2-core machines share with edges)
     engine: EngineConfig = field(default_factory=EngineConfig)  # sessions, batching, limits
+    scorers: tuple[str, ...] = ("prm", "judge")  # step scorers served; the first is the default
 
 
 @dataclass
@@ -49,19 +52,45 @@ class CloudNode:
 
 
 async def start_cloud(
-    lm: CausalLM, eos_id: int | None, config: CloudConfig = CloudConfig()
+    lm: CausalLM,
+    eos_id: int | None,
+    config: CloudConfig = CloudConfig(),
+    tokenizer: Tokenizer | None = None,
 ) -> CloudNode:
-    """Serve ``lm`` as a cloud node on the running loop."""
+    """Serve ``lm`` as a cloud node on the running loop; with a tokenizer, steps too."""
     engine = VerifyEngine(lm, config.engine)
     engine.start()
     server = aio_server()
     address = bind(server, config.host, config.port)
     node_id = config.node_id or f"cloud-{address}"
-    servicer = CloudServicer(engine, node_id, eos_id)
+    steps = build_steps(engine, lm, tokenizer, config.scorers) if tokenizer else None
+    servicer = CloudServicer(engine, node_id, eos_id, steps)
     pb_grpc.add_CloudServicer_to_server(servicer, server)
     await server.start()
     log_event(log, "cloud_listening", address=address, node_id=node_id, model=lm.name)
     return CloudNode(server, address, engine, servicer)
+
+
+def build_steps(
+    engine: VerifyEngine, lm: CausalLM, tok: Tokenizer, names: tuple[str, ...]
+) -> StepService | None:
+    """Step scoring and writing: the bundled PRM, and the target as a 0-9 judge."""
+    from models.reasoning.proposer import LMStepProposer
+    from models.reasoning.scorers import JudgeScorer, PRMScorer
+
+    scorers: dict[str, StepScorer] = {}
+    for name in names:
+        if name == "prm":
+            scorers["prm"] = PRMScorer()
+        elif name == "judge":
+            scorers["judge"] = JudgeScorer(lm, tok)
+        else:
+            raise ValueError(f"unknown scorer {name!r}; use prm or judge")
+    try:
+        writer = LMStepProposer(lm, tok)
+    except ValueError:  # a tokenizer without the task's delimiter token: score only
+        writer = None
+    return StepService(engine, scorers, writer) if scorers else None
 
 
 def model_info(lm: CausalLM, backend: str) -> pb.ModelInfo:
@@ -78,7 +107,9 @@ async def run_cloud(config: CloudConfig, ready_file: Path | None = None) -> None
 
     torch.set_num_threads(config.torch_threads)
     lm, tok = load_lm(config.model)
-    node = await start_cloud(lm, tok.eos_id, config)
+    bundled = not config.model.startswith("hf")
+    scorers = config.scorers if bundled else tuple(n for n in config.scorers if n != "prm")
+    node = await start_cloud(lm, tok.eos_id, replace(config, scorers=scorers), tok)
     probe = [tok.eos_id or 0] * 8
     await node.engine.run_model(lambda: calibrate(lm, node.engine.costs, probe))
     info = pb.NodeInfo(

@@ -10,6 +10,8 @@ import grpc
 import numpy as np
 
 from cloud_node.engine import RequestError, Round, RoundResult, VerifyEngine
+from cloud_node.steps import StepService
+from models.reasoning.proposer import StepDraft
 from models.sampling import SamplingParams
 from models.speculative import Proposal
 from tandem_wire.serving import log_event
@@ -56,6 +58,10 @@ def round_from_wire(v: pb.VerifyRequest, vocab_size: int) -> Round:
     return Round(v.session_id, int(v.round_id), int(v.base_position), Proposal(tokens, q))
 
 
+def step_to_wire(d: StepDraft) -> pb.StepDraftMsg:
+    return pb.StepDraftMsg(text=d.text, tokens=d.tokens, complete=d.complete, ended=d.ended)
+
+
 def verdict_to_wire(r: RoundResult) -> pb.SpecReply:
     return pb.SpecReply(
         verdict=pb.VerifyReply(
@@ -75,10 +81,17 @@ def verdict_to_wire(r: RoundResult) -> pb.SpecReply:
 class CloudServicer(pb_grpc.CloudServicer):
     """Speculate (bidirectional verify stream), Generate (cloud-only), Metrics."""
 
-    def __init__(self, engine: VerifyEngine, node_id: str, eos_id: int | None) -> None:
+    def __init__(
+        self,
+        engine: VerifyEngine,
+        node_id: str,
+        eos_id: int | None,
+        steps: StepService | None = None,
+    ) -> None:
         self.engine = engine
         self.node_id = node_id
         self.eos_id = eos_id
+        self.steps = steps
 
     async def _fail(self, context: grpc.aio.ServicerContext, err: RequestError) -> NoReturn:
         self.engine.stats.rejected += 1
@@ -135,7 +148,44 @@ class CloudServicer(pb_grpc.CloudServicer):
             await self._fail(context, err)
         return pb.GenerateReply(tokens=tokens, model_ms=ms, model_cpu_s=cpu)
 
+    async def ScoreSteps(
+        self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ScoreReply:
+        try:
+            if self.steps is None:
+                raise RequestError("invalid", "this cloud node serves no step scorer")
+            items = [(it.question, list(it.steps)) for it in request.items]
+            scores, ms, batch = await self.steps.score(items, request.scorer)
+        except RequestError as err:
+            await self._fail(context, err)
+        return pb.ScoreReply(
+            items=[pb.StepScores(scores=s) for s in scores], model_ms=ms, batch_size=batch
+        )
+
+    async def GenerateStep(
+        self, request: pb.StepRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StepReply:
+        try:
+            if self.steps is None:
+                raise RequestError("invalid", "this cloud node writes no steps")
+            if request.delimiter not in ("", ";"):
+                raise RequestError("invalid", "delimiter: the bundled models use ';'")
+            params = sampling_from_wire(request.sampling)
+            draft, ms = await self.steps.write_step(
+                request.prefix.question,
+                list(request.prefix.steps),
+                params.temperature,
+                params.seed,
+                int(request.max_tokens),
+            )
+        except RequestError as err:
+            await self._fail(context, err)
+        return pb.StepReply(step=step_to_wire(draft), model_ms=ms)
+
     async def Metrics(
         self, request: pb.MetricsRequest, context: grpc.aio.ServicerContext
     ) -> pb.MetricsReply:
-        return pb.MetricsReply(node_id=self.node_id, values=self.engine.metrics())
+        values = self.engine.metrics()
+        if self.steps is not None:
+            values.update({k: float(v) for k, v in self.steps.counts.items()})
+        return pb.MetricsReply(node_id=self.node_id, values=values)

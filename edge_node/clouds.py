@@ -55,6 +55,7 @@ class CloudDirectory:
         self.known: dict[str, CloudRef] = {a: CloudRef(a, a) for a in self.static}
         self.rtt_ms: dict[str, float] = {}  # EWMA round trip per cloud node id
         self._probe: asyncio.Task[None] | None = None
+        self.peer_edges: list[str] = []  # other edge nodes, for fanning out drafts
         self.plan_ttl_s = 1.0  # how long a plan is reused for like requests
         self._plans: dict[tuple[object, ...], tuple[float, pb.PlanReply]] = {}
 
@@ -73,6 +74,12 @@ class CloudDirectory:
         """Fold one round-trip measurement into the node's EWMA."""
         old = self.rtt_ms.get(node_id)
         self.rtt_ms[node_id] = ms if old is None else (1 - alpha) * old + alpha * ms
+
+    def dial_address(self, node_id: str) -> str:
+        """The address to dial for a known cloud (through its route, if any)."""
+        ref = self.known.get(node_id)
+        address = ref.address if ref else node_id
+        return self.routes.get(address, address)
 
     def model_of(self, node_id: str) -> str:
         ref = self.known.get(node_id)
@@ -136,6 +143,9 @@ class CloudDirectory:
             return
         reply = await self._coord.ListNodes(pb.ListNodesRequest(), timeout=self.timeout_s)
         live = {n.node_id for n in reply.nodes if n.role == pb.ROLE_CLOUD}
+        self.peer_edges = [
+            n.address for n in reply.nodes if n.role == pb.ROLE_EDGE and n.node_id != self.edge_id
+        ]
         for n in reply.nodes:
             if n.role == pb.ROLE_CLOUD:
                 self._remember(n)

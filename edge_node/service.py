@@ -14,6 +14,7 @@ import grpc
 
 from edge_node.adaptive import K_POLICIES
 from edge_node.clouds import CloudDirectory
+from edge_node.reasoning import Reasoner
 from edge_node.speculation import (
     CLOUD_ONLY,
     SPECULATION,
@@ -71,6 +72,10 @@ class EdgeServicer(pb_grpc.EdgeServicer):
         self.clouds = clouds
         self.config = config
         self.spec = Speculator(lm)
+        try:
+            self.reasoner: Reasoner | None = Reasoner(lm, tokenizer, self.spec)
+        except ValueError:  # a tokenizer without the step delimiter: no step-level work here
+            self.reasoner = None
         self.active = 0
         self.draft_ms: float | None = None  # EWMA of drafter ms per drafted token
         self.acceptance: dict[tuple[str, str], AcceptanceStats] = {}  # (drafter, target)
@@ -289,6 +294,49 @@ class EdgeServicer(pb_grpc.EdgeServicer):
         wall = time.perf_counter() - t0
         acc = Account(len(tokens), wall_s=wall, edge_model_s=wall, ttft_s=wall)
         return SpecResult(tokens, acc, final_mode="edge-only")
+
+    async def ProposeSteps(
+        self, request: pb.ProposeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ProposeReply:
+        if self.reasoner is None:
+            await self._reject(context, grpc.StatusCode.FAILED_PRECONDITION, "no step drafter")
+        try:
+            return await self.reasoner.propose(request)
+        except ValueError as exc:
+            await self._reject(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    async def Reason(
+        self, request: pb.ReasonRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReasonReply:
+        if self.reasoner is None:
+            await self._reject(context, grpc.StatusCode.FAILED_PRECONDITION, "no step drafter")
+        if not request.question or len(request.question) > self.config.max_prompt_chars:
+            await self._reject(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "question: 1 to 65536 chars"
+            )
+        if not 0.0 <= request.threshold <= 1.0:
+            await self._reject(context, grpc.StatusCode.INVALID_ARGUMENT, "threshold: 0 to 1")
+        picked = await self.clouds.pick([])
+        if picked is None:
+            await self._reject(context, grpc.StatusCode.UNAVAILABLE, "no cloud node to score steps")
+        name, stub = picked
+        self.active += 1
+        try:
+            reply = await self.reasoner.reason(
+                request, stub, self.clouds.dial_address(name), list(self.clouds.peer_edges)
+            )
+        except ValueError as exc:
+            await self._reject(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        finally:
+            self.active -= 1
+        log_event(
+            log,
+            "reason_done",
+            strategy=request.strategy,
+            answer=reply.answer,
+            wall_s=round(reply.account.wall_s, 4),
+        )
+        return reply
 
     async def Metrics(
         self, request: pb.MetricsRequest, context: grpc.aio.ServicerContext

@@ -87,6 +87,12 @@ class SpecSettings:
     k_policy: str = "heuristic"  # fixed, heuristic or rtt
     k_max: int = 16  # never draft more than this
     round_timeout_s: float = 10.0  # deadline of each verify round
+    stop_ids: tuple[int, ...] = ()  # more tokens to stop after (a step delimiter, say)
+
+    @property
+    def stops(self) -> frozenset[int]:
+        """Every token that ends the request."""
+        return frozenset(self.stop_ids) | ({self.eos_id} if self.eos_id is not None else set())
 
 
 CloudPicker = Callable[[Sequence[str]], Awaitable[tuple[str, pb_grpc.CloudStub] | None]]
@@ -223,8 +229,9 @@ class Speculator:
             await self._finish_alone(r)
             log_event(log, "degraded_to_edge", logging.WARNING, reason=note)
         out = r.committed[len(prompt) :][: settings.max_new]
-        if settings.eos_id in out:  # a round may have accepted tokens past the end
-            out = out[: out.index(settings.eos_id) + 1]
+        stops = [i for i, t in enumerate(out) if t in settings.stops]
+        if stops:  # a round may have accepted tokens past the end
+            out = out[: stops[0] + 1]
         acc = r.acc
         acc.generated_tokens = len(out)
         acc.wall_s = time.perf_counter() - t0
@@ -350,8 +357,8 @@ class Speculator:
                 tok = sample(probs(logits, r.params), r.drafter.rng)
                 seq.append(tok)
                 out.append(tok)
-                eos = r.settings.eos_id
-                if len(out) >= r.left() or tok == eos or len(seq) >= self.lm.max_len - 1:
+                stop = tok in r.settings.stops
+                if len(out) >= r.left() or stop or len(seq) >= self.lm.max_len - 1:
                     break
             r.acc.edge_model_s += time.perf_counter() - t0
             return out

@@ -116,10 +116,14 @@ def _bench(args: argparse.Namespace) -> int:
         from tandem.bench_spec import SpecBenchConfig, run_spec_bench
 
         report = run_spec_bench(SpecBenchConfig(quick=args.quick, out_dir=Path(args.out)))
-    else:
+    elif args.bench == "schedule":
         from tandem.bench_schedule import ScheduleBenchConfig, run_schedule_bench
 
         report = run_schedule_bench(ScheduleBenchConfig(quick=args.quick, out_dir=Path(args.out)))
+    else:
+        from tandem.bench_reason import ReasonBenchConfig, run_reason_bench
+
+        report = run_reason_bench(ReasonBenchConfig(quick=args.quick, out_dir=Path(args.out)))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -186,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     bh.add_argument("--json", default="", help="write the figures here")
     bh.add_argument("--out", default="runs/bench-schedule", help="folder for the plot and logs")
     bh.set_defaults(fn=_bench)
+    br = bsub.add_parser("reason", help="step speculation and PRM search, accuracy vs budget")
+    br.add_argument("--quick", action="store_true", help="fewer problems and budgets")
+    br.add_argument("--json", default="", help="write the figures here")
+    br.add_argument("--out", default="runs/bench-reason", help="folder for the plot and logs")
+    br.set_defaults(fn=_bench)
 
     try:
         from simulations.link.cli import add_parser as add_link

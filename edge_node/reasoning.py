@@ -1,0 +1,289 @@
+"""Reasoning from the edge: step speculation and PRM-guided search as the controller.
+
+The edge drafts steps (its own drafter, and other edge nodes' through ProposeSteps); the cloud
+scores them (ScoreSteps) and writes the steps it rejects (GenerateStep). Steps travel as text.
+Search strategies are the same pure code as in a single process: they get a proposer and a scorer
+whose calls go over gRPC, and run on a worker thread with blocking stubs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+
+from edge_node.speculation import SpecSettings, Speculator
+from models.base import CausalLM, Tokenizer
+from models.reasoning.proposer import LMStepProposer, StepDraft
+from models.reasoning.protocols import Item
+from models.reasoning.strategies import STRATEGIES, Budget, SearchConfig
+from models.sampling import SamplingParams
+from tandem_wire.serving import GRPC_OPTIONS
+from tandem_wire.v1 import tandem_pb2 as pb
+from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
+
+ANSWER = "A "
+
+
+@dataclass
+class Traffic:
+    """What crossed the network for one reasoning request."""
+
+    sent: int = 0
+    received: int = 0
+    scorer_calls: int = 0  # partial solutions scored
+    cloud_tokens: int = 0  # tokens of steps the cloud wrote
+
+
+def draft_from_wire(d: pb.StepDraftMsg) -> StepDraft:
+    return StepDraft(d.text, d.tokens, d.complete, d.ended)
+
+
+def draft_to_wire(d: StepDraft) -> pb.StepDraftMsg:
+    return pb.StepDraftMsg(text=d.text, tokens=d.tokens, complete=d.complete, ended=d.ended)
+
+
+class RemoteScorer:
+    """A StepScorer whose passes run on a cloud node (blocking calls, for a worker thread)."""
+
+    def __init__(
+        self, address: str, traffic: Traffic, scorer: str = "", timeout_s: float = 30.0
+    ) -> None:
+        self.stub = pb_grpc.CloudStub(grpc.insecure_channel(address, options=GRPC_OPTIONS))
+        self.traffic, self.scorer, self.timeout_s = traffic, scorer, timeout_s
+
+    def score(self, question: str, steps: Sequence[str]) -> list[float]:
+        return self.score_batch([(question, steps)])[0]
+
+    def score_batch(self, items: Sequence[Item]) -> list[list[float]]:
+        req = pb.ScoreRequest(
+            items=[pb.PartialSolution(question=q, steps=list(s)) for q, s in items],
+            scorer=self.scorer,
+        )
+        reply = self.stub.ScoreSteps(req, timeout=self.timeout_s)
+        self.traffic.sent += req.ByteSize()
+        self.traffic.received += reply.ByteSize()
+        self.traffic.scorer_calls += len(items)
+        return [list(s.scores) for s in reply.items]
+
+
+class FanOutProposer:
+    """Splits proposal work between this edge's drafter and other edge nodes."""
+
+    def __init__(
+        self,
+        local: LMStepProposer,
+        peers: Sequence[str],
+        traffic: Traffic,
+        pool: ThreadPoolExecutor,
+    ) -> None:
+        self.local, self.traffic, self.pool = local, traffic, pool
+        opts = GRPC_OPTIONS
+        self.peers = [pb_grpc.EdgeStub(grpc.insecure_channel(a, options=opts)) for a in peers]
+
+    def propose(
+        self,
+        question: str,
+        prefixes: Sequence[Sequence[str]],
+        n: int,
+        temperature: float,
+        seed: int,
+        max_tokens: int | None = None,
+    ) -> list[list[StepDraft]]:
+        workers = 1 + len(self.peers)
+        if workers == 1 or n < workers:
+            return self.local.propose(question, prefixes, n, temperature, seed, max_tokens)
+        # n candidates per prefix, split in shares; each worker seeds its share differently
+        shares = [n // workers + (1 if i < n % workers else 0) for i in range(workers)]
+        cap = None if max_tokens is None else max(1, max_tokens // workers)
+        futures = [
+            self.pool.submit(
+                self.local.propose, question, prefixes, shares[0], temperature, seed, cap
+            )
+        ]
+        for i, stub in enumerate(self.peers, start=1):
+            futures.append(
+                self.pool.submit(
+                    self._remote,
+                    stub,
+                    question,
+                    prefixes,
+                    shares[i],
+                    temperature,
+                    seed * 1000 + i,
+                    cap,
+                )
+            )
+        parts = [f.result() for f in futures]
+        return [[d for part in parts for d in part[j]] for j in range(len(prefixes))]
+
+    def _remote(
+        self,
+        stub: pb_grpc.EdgeStub,
+        question: str,
+        prefixes: Sequence[Sequence[str]],
+        n: int,
+        temperature: float,
+        seed: int,
+        cap: int | None,
+    ) -> list[list[StepDraft]]:
+        req = pb.ProposeRequest(
+            question=question,
+            prefixes=[pb.PartialSolution(steps=list(p)) for p in prefixes],
+            n=n,
+            temperature=temperature,
+            seed=seed,
+            max_tokens=cap or 0,
+        )
+        reply = stub.ProposeSteps(req, timeout=30)
+        self.traffic.sent += req.ByteSize()
+        self.traffic.received += reply.ByteSize()
+        return [[draft_from_wire(d) for d in c.drafts] for c in reply.per_prefix]
+
+
+class Reasoner:
+    """ProposeSteps and Reason for one edge node."""
+
+    def __init__(self, lm: CausalLM, tok: Tokenizer, speculator: Speculator) -> None:
+        self.proposer = LMStepProposer(lm, tok)
+        self.speculator = speculator
+        self.pool = speculator.pool  # the drafter's thread: one model user at a time
+        self.search_pool = ThreadPoolExecutor(4, thread_name_prefix="search")
+
+    async def propose(self, r: pb.ProposeRequest) -> pb.ProposeReply:
+        if not 1 <= r.n <= 256 or not r.prefixes or len(r.prefixes) > 256:
+            raise ValueError("n: 1 to 256 candidates; prefixes: 1 to 256")
+        t0 = time.perf_counter()
+        prefixes = [list(p.steps) for p in r.prefixes]
+        drafts = await asyncio.get_running_loop().run_in_executor(
+            self.pool,
+            self.proposer.propose,
+            r.question,
+            prefixes,
+            r.n,
+            r.temperature,
+            r.seed,
+            r.max_tokens or None,
+        )
+        return pb.ProposeReply(
+            per_prefix=[pb.Candidates(drafts=[draft_to_wire(d) for d in c]) for c in drafts],
+            model_ms=(time.perf_counter() - t0) * 1e3,
+        )
+
+    async def reason(
+        self, r: pb.ReasonRequest, cloud: pb_grpc.CloudStub, cloud_address: str, peers: list[str]
+    ) -> pb.ReasonReply:
+        if r.strategy == "specreason":
+            return await self._specreason(r, cloud)
+        if r.strategy not in STRATEGIES:
+            raise ValueError(f"strategy {r.strategy!r} not in specreason, {sorted(STRATEGIES)}")
+        return await asyncio.get_running_loop().run_in_executor(
+            self.search_pool, self._search, r, cloud_address, peers
+        )
+
+    def _search(self, r: pb.ReasonRequest, cloud_address: str, peers: list[str]) -> pb.ReasonReply:
+        t0 = time.perf_counter()
+        traffic = Traffic()
+        scorer = RemoteScorer(cloud_address, traffic)
+        proposer = FanOutProposer(self.proposer, peers, traffic, self.search_pool)
+        budget = Budget(
+            max_tokens=r.token_budget or Budget.max_tokens,
+            max_scored=r.score_budget or Budget.max_scored,
+        )
+        cfg = SearchConfig(n=r.n or 8, m=r.m or 4, seed=int(r.seed))
+        res = STRATEGIES[r.strategy](r.question, proposer, scorer, budget, cfg)
+        return pb.ReasonReply(
+            request_id=r.request_id,
+            answer=res.answer or "",
+            steps=list(res.steps),
+            text=res.text,
+            account=pb.ReasonAccount(
+                drafted_tokens=res.account.tokens,
+                scorer_calls=res.account.scored,
+                bytes_sent=traffic.sent,
+                bytes_received=traffic.received,
+                wall_s=time.perf_counter() - t0,
+            ),
+        )
+
+    async def _speculate_step(
+        self, question: str, steps: list[str], cloud: pb_grpc.CloudStub, acc: pb.ReasonAccount
+    ) -> StepDraft:
+        """The target's next step by token speculation: this edge drafts, the cloud verifies."""
+        prompt = self.proposer.prompt(question, steps)
+        delim, eos = self.proposer.delimiter_id, self.proposer.tok.eos_id
+        settings = SpecSettings(
+            self.proposer.config.max_step_tokens, eos, k=4, stop_ids=(delim,), k_policy="heuristic"
+        )
+
+        async def only(_: Sequence[str]) -> tuple[str, pb_grpc.CloudStub] | None:
+            return None  # losing the cloud mid-step: the drafter finishes the step
+
+        res = await self.speculator.run(prompt, SamplingParams(), settings, only, first=("", cloud))
+        acc.cloud_tokens += len(res.tokens)
+        acc.bytes_sent += res.account.bytes_sent
+        acc.bytes_received += res.account.bytes_received
+        ended = bool(res.tokens) and res.tokens[-1] == eos
+        closed = bool(res.tokens) and res.tokens[-1] in (delim, eos)
+        text = self.proposer.tok.decode([t for t in res.tokens if t != delim]).strip()
+        return StepDraft(text, len(res.tokens), closed, ended)
+
+    async def _specreason(self, r: pb.ReasonRequest, cloud: pb_grpc.CloudStub) -> pb.ReasonReply:
+        """Draft each step; keep it when the cloud scores it at or above the threshold."""
+        t0 = time.perf_counter()
+        threshold = r.threshold or 0.5
+        steps: list[str] = []
+        acc = pb.ReasonAccount()
+        loop = asyncio.get_running_loop()
+        for i in range(16):
+            step: StepDraft | None = None
+            if i >= r.first_cloud_steps:
+                step = (
+                    await loop.run_in_executor(
+                        self.pool,
+                        self.proposer.propose,
+                        r.question,
+                        [steps],
+                        1,
+                        0.0,
+                        int(r.seed) + i,
+                    )
+                )[0][0]
+                acc.drafted_tokens += step.tokens
+                acc.drafted_steps += 1
+                if step.complete:
+                    score = pb.ScoreRequest(
+                        items=[pb.PartialSolution(question=r.question, steps=[*steps, step.text])]
+                    )
+                    reply = await cloud.ScoreSteps(score, timeout=30)
+                    acc.bytes_sent += score.ByteSize()
+                    acc.bytes_received += reply.ByteSize()
+                    acc.scorer_calls += 1
+                    if reply.items[0].scores[-1] < threshold:
+                        step = None
+                else:
+                    step = None
+                if step is not None:
+                    acc.accepted_steps += 1
+            if step is None and r.token_speculation:  # the target's step, drafted by this edge
+                step = await self._speculate_step(r.question, steps, cloud, acc)
+            elif step is None:  # the cloud writes this step
+                req = pb.StepRequest(prefix=pb.PartialSolution(question=r.question, steps=steps))
+                reply_step = await cloud.GenerateStep(req, timeout=30)
+                acc.bytes_sent += req.ByteSize()
+                acc.bytes_received += reply_step.ByteSize()
+                step = draft_from_wire(reply_step.step)
+                acc.cloud_tokens += step.tokens
+            if step.text:
+                steps.append(step.text)
+            if step.text.startswith(ANSWER) or step.ended or not step.text:
+                break
+        acc.wall_s = time.perf_counter() - t0
+        answer = steps[-1][len(ANSWER) :].strip() if steps and steps[-1].startswith(ANSWER) else ""
+        return pb.ReasonReply(
+            request_id=r.request_id, answer=answer, steps=steps, text=" ; ".join(steps), account=acc
+        )

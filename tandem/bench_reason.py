@@ -1,0 +1,218 @@
+"""``tandem bench reason``: step speculation and PRM-guided search across edge and cloud, one run.
+
+A coordinator, a cloud node (target + PRM) and two edge nodes run as processes on loopback. Step
+speculation is timed against cloud-only generation on the same problems; every search strategy
+runs at every budget through the edge's Reason call (drafts fanned out to both edges, steps
+scored in batches on the cloud), and accuracy is plotted against the budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from models import task
+from tandem.cluster import LocalCluster
+from tandem.report import print_table
+from tandem_wire.serving import aio_channel
+from tandem_wire.v1 import tandem_pb2 as pb
+from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
+
+SEARCHES = (
+    "best_of_n",
+    "best_of_n_weighted",
+    "majority_vote",
+    "beam",
+    "dvts",
+    "a_star",
+    "particle_filter",
+)
+
+
+@dataclass(frozen=True)
+class ReasonBenchConfig:
+    """Sizes of one run."""
+
+    quick: bool = False  # fewer problems and budgets
+    out_dir: Path = Path("runs/bench-reason")  # plot and node logs
+    threshold: float = 0.5  # step speculation: keep a drafted step scoring at least this
+
+    @property
+    def spec_problems(self) -> int:
+        return 10 if self.quick else 100
+
+    @property
+    def search_problems(self) -> int:
+        return 8 if self.quick else 40
+
+    @property
+    def budgets(self) -> tuple[int, ...]:
+        return (1, 4, 16) if self.quick else (1, 2, 4, 8, 16, 32, 64)
+
+
+async def _specreason(
+    edge: str, problems: list[task.Problem], cfg: ReasonBenchConfig
+) -> dict[str, float]:
+    out = {"spec_s": 0.0, "cloud_s": 0.0, "spec_ok": 0, "cloud_ok": 0, "drafted": 0, "accepted": 0}
+    async with aio_channel(edge) as ch:
+        stub = pb_grpc.EdgeStub(ch)
+        for p in tqdm(problems, desc="specreason vs cloud-only", leave=False):
+            t0 = time.perf_counter()
+            r = await stub.Reason(
+                pb.ReasonRequest(
+                    question=p.question, strategy="specreason", threshold=cfg.threshold
+                ),
+                timeout=60,
+            )
+            out["spec_s"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            c = await stub.Solve(
+                pb.SolveRequest(prompt=p.question, mode=pb.MODE_CLOUD_ONLY, max_new_tokens=48),
+                timeout=60,
+            )
+            out["cloud_s"] += time.perf_counter() - t0
+            out["spec_ok"] += task.is_correct(p, r.text)
+            out["cloud_ok"] += task.is_correct(p, c.text)
+            out["drafted"] += r.account.drafted_steps
+            out["accepted"] += r.account.accepted_steps
+    return out
+
+
+async def _search(
+    edge: str, problems: list[task.Problem], budgets: tuple[int, ...]
+) -> dict[str, Any]:
+    runs = [(s, n) for s in ("greedy", *SEARCHES) for n in (budgets if s != "greedy" else (1,))]
+    res: dict[str, dict[int, dict[str, float]]] = {}
+    async with aio_channel(edge) as ch:
+        stub = pb_grpc.EdgeStub(ch)
+        for strategy, n in tqdm(runs, desc="search strategies x budgets"):
+            ok = passes = tokens = 0
+            for i, p in enumerate(problems):
+                r = await stub.Reason(
+                    pb.ReasonRequest(
+                        question=p.question, strategy=strategy, n=n, m=min(4, n), seed=i
+                    ),
+                    timeout=120,
+                )
+                ok += task.is_correct(p, r.text)
+                passes += r.account.scorer_calls
+                tokens += r.account.drafted_tokens
+            k = len(problems)
+            res.setdefault(strategy, {})[n] = {
+                "accuracy": ok / k,
+                "prm_passes": passes / k,
+                "drafted_tokens": tokens / k,
+            }
+    return res
+
+
+def _passes_to_reach(curve: dict[int, dict[str, float]], level: float) -> float | None:
+    hits = [v["prm_passes"] for v in curve.values() if v["accuracy"] >= level - 1e-9]
+    return min(hits) if hits else None
+
+
+def run_reason_bench(cfg: ReasonBenchConfig) -> dict[str, Any]:
+    """Both phases; print the tables, write the plot, return the report."""
+    spec_problems = task.generate(cfg.spec_problems, task.HELDOUT_SEED + 21)
+    search_problems = task.generate(cfg.search_problems, task.HELDOUT_SEED + 22)
+    with LocalCluster(cfg.out_dir / "nodes") as cluster:
+        coord = cluster.start("coordinator", "coordinator")
+        cluster.start("cloud", "cloud-a", "--model", "target", "--coordinator", coord.address)
+        edges = [
+            cluster.start("edge", f"edge-{i}", "--coordinator", coord.address) for i in range(2)
+        ]
+        time.sleep(2.0)  # edges learn of each other through the coordinator's node list
+        spec = asyncio.run(_specreason(edges[0].address, spec_problems, cfg))
+        search = asyncio.run(_search(edges[0].address, search_problems, cfg.budgets))
+        target_acc = asyncio.run(_target_accuracy(edges[0].address, search_problems))
+    k = len(spec_problems)
+    greedy = search["greedy"][1]["accuracy"]
+    level = min(max(v["accuracy"] for v in search[s].values()) for s in ("a_star", "best_of_n"))
+    a_star, bon = (_passes_to_reach(search[s], level) for s in ("a_star", "best_of_n"))
+    at16 = {s: search[s][16]["accuracy"] for s in SEARCHES if 16 in search[s]}
+    reach = [
+        (s, n)
+        for s in SEARCHES
+        for n, v in search[s].items()
+        if n <= 64 and v["accuracy"] >= target_acc - 0.03
+    ]
+    report = {
+        "config": {"quick": cfg.quick, "threshold": cfg.threshold, "budgets": list(cfg.budgets)},
+        "specreason_latency_ratio": spec["spec_s"] / spec["cloud_s"],
+        "specreason_accuracy_delta": (spec["spec_ok"] - spec["cloud_ok"]) / k,
+        "specreason_accuracy": spec["spec_ok"] / k,
+        "cloud_only_accuracy": spec["cloud_ok"] / k,
+        "step_acceptance": spec["accepted"] / max(spec["drafted"], 1),
+        "astar_prm_pass_ratio": (a_star / bon) if a_star and bon else None,
+        "astar_vs_bon_accuracy_level": level,
+        "search_gain_over_drafter": max(at16.values()) - greedy if at16 else None,
+        "drafter_greedy_accuracy": greedy,
+        "target_accuracy": target_acc,
+        "reaches_target_minus_0.03": [f"{s}@{n}" for s, n in reach],
+        "search": {s: {str(n): v for n, v in c.items()} for s, c in search.items()},
+    }
+    _print(report, search)
+    _plot(search, greedy, target_acc, cfg)
+    return report
+
+
+async def _target_accuracy(edge: str, problems: list[task.Problem]) -> float:
+    async with aio_channel(edge) as ch:
+        stub = pb_grpc.EdgeStub(ch)
+        ok = 0
+        for p in problems:
+            r = await stub.Solve(
+                pb.SolveRequest(prompt=p.question, mode=pb.MODE_CLOUD_ONLY), timeout=60
+            )
+            ok += task.is_correct(p, r.text)
+    return ok / len(problems)
+
+
+def _print(report: dict[str, Any], search: dict[str, Any]) -> None:
+    rows = {s: {str(n): v["accuracy"] for n, v in c.items()} for s, c in search.items()}
+    budgets = sorted({n for c in search.values() for n in c})
+    print_table("strategy", rows, [str(n) for n in budgets])
+    print()
+    for key in (
+        "specreason_latency_ratio",
+        "specreason_accuracy_delta",
+        "step_acceptance",
+        "astar_prm_pass_ratio",
+        "search_gain_over_drafter",
+        "drafter_greedy_accuracy",
+        "target_accuracy",
+    ):
+        v = report[key]
+        print(f"{key:28s} {v:.4g}" if isinstance(v, float) else f"{key:28s} {v}")
+    print(
+        f"{'reaches target - 0.03':28s} {', '.join(report['reaches_target_minus_0.03']) or 'none'}"
+    )
+
+
+def _plot(search: dict[str, Any], greedy: float, target: float, cfg: ReasonBenchConfig) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for s in SEARCHES:
+        ns = sorted(search[s])
+        ax.plot(ns, [search[s][n]["accuracy"] for n in ns], "o-", label=s)
+    ax.axhline(greedy, color="grey", linestyle=":", label="drafter greedy")
+    ax.axhline(target, color="black", linestyle="--", label="target (cloud-only)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("budget N (candidates)")
+    ax.set_ylabel("accuracy (held-out)")
+    ax.set_title("PRM-guided search: edge drafters, cloud PRM")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    fig.savefig(cfg.out_dir / "bench-reason.png", dpi=110)
+    plt.close(fig)
+    print(f"plot: {cfg.out_dir / 'bench-reason.png'}")

@@ -1,0 +1,101 @@
+"""Step speculation and PRM search across real edge and cloud gRPC servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+import grpc
+import pytest
+
+from cloud_node.node import start_cloud
+from edge_node.node import EdgeNodeConfig, start_edge
+from models import task
+from models.torch_backend import load_torch
+from tandem_wire.serving import aio_channel
+from tandem_wire.v1 import tandem_pb2 as pb
+from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 120))
+
+
+async def _reason(requests: list[pb.ReasonRequest], peers: int = 0) -> list[Any]:
+    tok = task.WordTokenizer()
+    cloud = await start_cloud(load_torch("target"), tok.eos_id, tokenizer=tok)
+    edges = [
+        await start_edge(load_torch("drafter"), tok, EdgeNodeConfig(clouds=(cloud.address,)))
+        for _ in range(1 + peers)
+    ]
+    edges[0].servicer.clouds.peer_edges = [e.address for e in edges[1:]]
+    out: list[Any] = []
+    try:
+        async with aio_channel(edges[0].address) as ch:
+            stub = pb_grpc.EdgeStub(ch)
+            for r in requests:
+                try:
+                    out.append(await stub.Reason(r, timeout=60))
+                except grpc.aio.AioRpcError as exc:
+                    out.append(exc)
+        out.append({k: v for k, v in cloud.servicer.steps.counts.items()})
+        out.append([e.servicer.counts["rejected"] for e in edges])
+    finally:
+        for e in edges:
+            await e.stop()
+        await cloud.stop()
+    return out
+
+
+def test_step_speculation_keeps_good_drafts_and_has_the_cloud_write_the_rest() -> None:
+    problems = task.generate(8, task.HELDOUT_SEED)
+    reqs = [
+        pb.ReasonRequest(question=p.question, strategy="specreason", threshold=0.5)
+        for p in problems
+    ]
+    *replies, counts, _ = run(_reason(reqs))
+    correct = sum(task.is_correct(p, r.text) for p, r in zip(problems, replies, strict=True))
+    assert correct >= 7  # the cloud catches the drafter's wrong steps
+    drafted = sum(r.account.drafted_steps for r in replies)
+    accepted = sum(r.account.accepted_steps for r in replies)
+    assert 0 < accepted < drafted  # some drafts kept, some rewritten by the cloud
+    assert counts["steps_written"] == drafted - accepted
+    assert all(r.account.scorer_calls == r.account.drafted_steps for r in replies)
+
+
+def test_first_steps_can_be_left_to_the_cloud() -> None:
+    p = task.generate(1, task.HELDOUT_SEED)[0]
+    r = pb.ReasonRequest(question=p.question, strategy="specreason", first_cloud_steps=2)
+    reply, counts, _ = run(_reason([r]))
+    assert counts["steps_written"] >= 2
+    assert reply.account.drafted_steps == len(reply.steps) - 2
+
+
+def test_search_fans_out_drafts_to_other_edges_and_scores_on_the_cloud() -> None:
+    problems = task.generate(4, task.HELDOUT_SEED + 1)
+    reqs = [
+        pb.ReasonRequest(question=p.question, strategy="best_of_n", n=8, seed=i)
+        for i, p in enumerate(problems)
+    ]
+    *replies, counts, _ = run(_reason(reqs, peers=1))
+    assert all(r.answer for r in replies)
+    assert counts["scored_items"] >= 8 * len(problems)
+    assert all(r.account.bytes_sent > 0 for r in replies)
+
+
+@pytest.mark.parametrize(
+    ("request_", "code"),
+    [
+        (pb.ReasonRequest(question="", strategy="specreason"), grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            pb.ReasonRequest(question="Q 1 + 2 * 3 ?", strategy="magic"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (pb.ReasonRequest(question="Q 1 + 2 * 3 ?", threshold=3), grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+)
+def test_bad_reason_requests_are_rejected(request_, code) -> None:
+    err, _, rejected = run(_reason([request_]))
+    assert err.code() == code
+    assert rejected[0] == 1
