@@ -27,6 +27,7 @@ from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 
 ANSWER = "A "
+MAX_STEPS = 16  # a reasoning request stops after this many steps
 
 
 @dataclass
@@ -232,56 +233,106 @@ class Reasoner:
         text = self.proposer.tok.decode([t for t in res.tokens if t != delim]).strip()
         return StepDraft(text, len(res.tokens), closed, ended)
 
+    def _draft_steps(self, question: str, steps: list[str], n_steps: int) -> list[StepDraft]:
+        """Up to ``n_steps`` greedy steps in one pass of the drafter (its cache kept throughout)."""
+        prop = self.proposer
+        delim, eos = prop.delimiter_id, prop.tok.eos_id
+        session = prop.lm.session()
+        prompt = prop.prompt(question, steps)
+        logits = session.extend(prompt)[-1]
+        out: list[StepDraft] = []
+        current: list[int] = []
+        limit = min(prop.lm.max_len, len(prompt) + n_steps * prop.config.max_step_tokens)
+        while len(out) < n_steps:
+            tok = int(logits.argmax())
+            current.append(tok)
+            ended = tok == eos
+            if tok in (delim, eos):
+                text = prop.tok.decode([t for t in current if t not in (delim, eos)]).strip()
+                out.append(StepDraft(text, len(current), True, ended))
+                current = []
+                if ended:
+                    break
+            if session.length + 1 >= limit:
+                if current:  # cut mid-step: not usable
+                    out.append(
+                        StepDraft(prop.tok.decode(current).strip(), len(current), False, True)
+                    )
+                break
+            logits = session.extend([tok])[-1]
+        return out
+
+    async def _score_prefix(
+        self,
+        question: str,
+        steps: list[str],
+        drafts: list[StepDraft],
+        threshold: float,
+        cloud: pb_grpc.CloudStub,
+        acc: pb.ReasonAccount,
+    ) -> int:
+        """How many leading drafts the cloud's scorer keeps (one pass scores them all)."""
+        usable = [d for d in drafts if d.complete and d.text]
+        if not usable:
+            return 0
+        req = pb.ScoreRequest(
+            items=[pb.PartialSolution(question=question, steps=[*steps, *(d.text for d in usable)])]
+        )
+        reply = await cloud.ScoreSteps(req, timeout=30)
+        acc.bytes_sent += req.ByteSize()
+        acc.bytes_received += reply.ByteSize()
+        acc.scorer_calls += 1
+        kept = 0
+        for score in list(reply.items[0].scores)[len(steps) :]:
+            if score < threshold:
+                break
+            kept += 1
+        return kept
+
+    async def _cloud_step(
+        self, r: pb.ReasonRequest, steps: list[str], cloud: pb_grpc.CloudStub, acc: pb.ReasonAccount
+    ) -> StepDraft:
+        if r.token_speculation:  # the target's step, drafted by this edge
+            return await self._speculate_step(r.question, steps, cloud, acc)
+        req = pb.StepRequest(prefix=pb.PartialSolution(question=r.question, steps=steps))
+        reply = await cloud.GenerateStep(req, timeout=30)
+        acc.bytes_sent += req.ByteSize()
+        acc.bytes_received += reply.ByteSize()
+        acc.cloud_tokens += reply.step.tokens
+        return draft_from_wire(reply.step)
+
     async def _specreason(self, r: pb.ReasonRequest, cloud: pb_grpc.CloudStub) -> pb.ReasonReply:
-        """Draft each step; keep it when the cloud scores it at or above the threshold."""
+        """Draft steps, keep those scoring at least the threshold, have the cloud write the rest.
+
+        Each round drafts ``lookahead`` steps (one, as in SpecReason, by default) and scores them
+        in one pass; the leading steps that pass are kept and the cloud writes the first one
+        that fails, as token speculation does with tokens.
+        """
         t0 = time.perf_counter()
         threshold = r.threshold or 0.5
+        lookahead = max(1, r.lookahead)
         steps: list[str] = []
         acc = pb.ReasonAccount()
         loop = asyncio.get_running_loop()
-        for i in range(16):
-            step: StepDraft | None = None
-            if i >= r.first_cloud_steps:
-                step = (
-                    await loop.run_in_executor(
-                        self.pool,
-                        self.proposer.propose,
-                        r.question,
-                        [steps],
-                        1,
-                        0.0,
-                        int(r.seed) + i,
-                    )
-                )[0][0]
-                acc.drafted_tokens += step.tokens
-                acc.drafted_steps += 1
-                if step.complete:
-                    score = pb.ScoreRequest(
-                        items=[pb.PartialSolution(question=r.question, steps=[*steps, step.text])]
-                    )
-                    reply = await cloud.ScoreSteps(score, timeout=30)
-                    acc.bytes_sent += score.ByteSize()
-                    acc.bytes_received += reply.ByteSize()
-                    acc.scorer_calls += 1
-                    if reply.items[0].scores[-1] < threshold:
-                        step = None
-                else:
-                    step = None
-                if step is not None:
-                    acc.accepted_steps += 1
-            if step is None and r.token_speculation:  # the target's step, drafted by this edge
-                step = await self._speculate_step(r.question, steps, cloud, acc)
-            elif step is None:  # the cloud writes this step
-                req = pb.StepRequest(prefix=pb.PartialSolution(question=r.question, steps=steps))
-                reply_step = await cloud.GenerateStep(req, timeout=30)
-                acc.bytes_sent += req.ByteSize()
-                acc.bytes_received += reply_step.ByteSize()
-                step = draft_from_wire(reply_step.step)
-                acc.cloud_tokens += step.tokens
+        done = False
+        while not done and len(steps) < MAX_STEPS:
+            drafts: list[StepDraft] = []
+            if len(steps) >= r.first_cloud_steps:
+                drafts = await loop.run_in_executor(
+                    self.pool, self._draft_steps, r.question, list(steps), lookahead
+                )
+                acc.drafted_tokens += sum(d.tokens for d in drafts)
+                acc.drafted_steps += len(drafts)
+            kept = await self._score_prefix(r.question, steps, drafts, threshold, cloud, acc)
+            acc.accepted_steps += kept
+            steps += [d.text for d in drafts[:kept]]
+            done = kept > 0 and (steps[-1].startswith(ANSWER) or drafts[kept - 1].ended)
+            if done or (drafts and kept == len(drafts)):
+                continue  # all drafts kept: draft on from there
+            step = await self._cloud_step(r, steps, cloud, acc)
             if step.text:
                 steps.append(step.text)
-            if step.text.startswith(ANSWER) or step.ended or not step.text:
-                break
+            done = step.text.startswith(ANSWER) or step.ended or not step.text
         acc.wall_s = time.perf_counter() - t0
         answer = steps[-1][len(ANSWER) :].strip() if steps and steps[-1].startswith(ANSWER) else ""
         return pb.ReasonReply(

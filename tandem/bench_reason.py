@@ -40,7 +40,8 @@ class ReasonBenchConfig:
 
     quick: bool = False  # fewer problems and budgets
     out_dir: Path = Path("runs/bench-reason")  # plot and node logs
-    threshold: float = 0.5  # step speculation: keep a drafted step scoring at least this
+    threshold: float = 0.4  # step speculation: keep a drafted step scoring at least this
+    lookahead: int = 16  # step speculation: steps drafted and scored per round
 
     @property
     def spec_problems(self) -> int:
@@ -65,7 +66,10 @@ async def _specreason(
             t0 = time.perf_counter()
             r = await stub.Reason(
                 pb.ReasonRequest(
-                    question=p.question, strategy="specreason", threshold=cfg.threshold
+                    question=p.question,
+                    strategy="specreason",
+                    threshold=cfg.threshold,
+                    lookahead=cfg.lookahead,
                 ),
                 timeout=60,
             )
@@ -142,7 +146,12 @@ def run_reason_bench(cfg: ReasonBenchConfig) -> dict[str, Any]:
         if n <= 64 and v["accuracy"] >= target_acc - 0.03
     ]
     report = {
-        "config": {"quick": cfg.quick, "threshold": cfg.threshold, "budgets": list(cfg.budgets)},
+        "config": {
+            "quick": cfg.quick,
+            "threshold": cfg.threshold,
+            "lookahead": cfg.lookahead,
+            "budgets": list(cfg.budgets),
+        },
         "specreason_latency_ratio": spec["spec_s"] / spec["cloud_s"],
         "specreason_accuracy_delta": (spec["spec_ok"] - spec["cloud_ok"]) / k,
         "specreason_accuracy": spec["spec_ok"] / k,

@@ -99,3 +99,17 @@ def test_bad_reason_requests_are_rejected(request_, code) -> None:
     err, _, rejected = run(_reason([request_]))
     assert err.code() == code
     assert rejected[0] == 1
+
+
+def test_lookahead_scores_several_drafted_steps_in_one_pass() -> None:
+    problems = task.generate(8, task.HELDOUT_SEED + 3)
+    reqs = [
+        pb.ReasonRequest(question=p.question, strategy="specreason", threshold=0.4, lookahead=16)
+        for p in problems
+    ]
+    *replies, counts, _ = run(_reason(reqs))
+    assert sum(task.is_correct(p, r.text) for p, r in zip(problems, replies, strict=True)) >= 7
+    passes = sum(r.account.scorer_calls for r in replies)
+    accepted = sum(r.account.accepted_steps for r in replies)
+    assert passes < accepted  # one scoring pass kept several steps
+    assert counts["score_passes"] <= passes

@@ -573,7 +573,7 @@ class ProposeReply(_message.Message):
     def __init__(self, per_prefix: _Optional[_Iterable[_Union[Candidates, _Mapping]]] = ..., model_ms: _Optional[float] = ...) -> None: ...
 
 class ReasonRequest(_message.Message):
-    __slots__ = ("request_id", "question", "strategy", "n", "m", "threshold", "first_cloud_steps", "token_budget", "score_budget", "seed", "token_speculation")
+    __slots__ = ("request_id", "question", "strategy", "n", "m", "threshold", "first_cloud_steps", "token_budget", "score_budget", "seed", "token_speculation", "lookahead")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
@@ -585,6 +585,7 @@ class ReasonRequest(_message.Message):
     SCORE_BUDGET_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     TOKEN_SPECULATION_FIELD_NUMBER: _ClassVar[int]
+    LOOKAHEAD_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     question: str
     strategy: str
@@ -596,7 +597,8 @@ class ReasonRequest(_message.Message):
     score_budget: int
     seed: int
     token_speculation: bool
-    def __init__(self, request_id: _Optional[str] = ..., question: _Optional[str] = ..., strategy: _Optional[str] = ..., n: _Optional[int] = ..., m: _Optional[int] = ..., threshold: _Optional[float] = ..., first_cloud_steps: _Optional[int] = ..., token_budget: _Optional[int] = ..., score_budget: _Optional[int] = ..., seed: _Optional[int] = ..., token_speculation: _Optional[bool] = ...) -> None: ...
+    lookahead: int
+    def __init__(self, request_id: _Optional[str] = ..., question: _Optional[str] = ..., strategy: _Optional[str] = ..., n: _Optional[int] = ..., m: _Optional[int] = ..., threshold: _Optional[float] = ..., first_cloud_steps: _Optional[int] = ..., token_budget: _Optional[int] = ..., score_budget: _Optional[int] = ..., seed: _Optional[int] = ..., token_speculation: _Optional[bool] = ..., lookahead: _Optional[int] = ...) -> None: ...
 
 class ReasonAccount(_message.Message):
     __slots__ = ("drafted_tokens", "drafted_steps", "accepted_steps", "scorer_calls", "cloud_tokens", "bytes_sent", "bytes_received", "wall_s")
