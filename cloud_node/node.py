@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from cloud_node.service import CloudServicer
 from cloud_node.steps import StepService
 from models.base import CausalLM, Tokenizer
 from models.reasoning.protocols import StepScorer
-from tandem_wire.lifecycle import run_node
+from tandem_wire.lifecycle import RateWindow, run_node
 from tandem_wire.serving import aio_server, bind, log_event
 from tandem_wire.telemetry import Reading
 from tandem_wire.v1 import tandem_pb2 as pb
@@ -120,41 +119,27 @@ async def run_cloud(config: CloudConfig, ready_file: Path | None = None) -> None
         device="cpu",
         max_sessions=config.engine.max_sessions,
     )
-    window = BusyWindow(node.engine)
+    window = RateWindow()
     await run_node(
         info,
         "cloud",
         config.coordinator,
-        lambda: _load(node.engine, window.busy),
-        lambda: _reading(node.engine, window.sample()),
+        lambda: _load(node.engine, window.rate("busy_s", node.engine.stats.busy_s)),
+        lambda: _reading(node.engine, window),
         node.stop,
         ready_file,
     )
 
 
-class BusyWindow:
-    """Busy fraction of the model thread since the previous sample, not since start."""
-
-    def __init__(self, engine: VerifyEngine) -> None:
-        self.engine = engine
-        self.last = (time.monotonic(), engine.stats.busy_s)
-        self.busy = 0.0
-
-    def sample(self) -> float:
-        now, busy = time.monotonic(), self.engine.stats.busy_s
-        t0, b0 = self.last
-        if now - t0 > 0.05:
-            self.busy = min(1.0, max(0.0, (busy - b0) / (now - t0)))
-            self.last = (now, busy)
-        return self.busy
-
-
-def _reading(engine: VerifyEngine, busy: float) -> Reading:
-    m = engine.metrics()
+def _reading(engine: VerifyEngine, window: RateWindow) -> Reading:
+    m, st = engine.metrics(), engine.stats
+    # tokens the target produced: generated, plus kept drafts and one token per verify round
+    produced = st.generated_tokens + st.accepted + st.rounds
     return Reading(
         active_sessions=int(m["sessions_active"]),
         queue_depth=int(m["queue_depth"]),
-        busy_fraction=busy,
+        busy_fraction=min(1.0, window.rate("busy_s", st.busy_s)),
+        tokens_per_s=window.rate("tokens", produced),
         extra=engine.costs.figures(),
     )
 

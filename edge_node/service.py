@@ -28,6 +28,7 @@ from edge_node.speculation import (
 from models.base import CausalLM, Tokenizer
 from models.generate import generate
 from models.sampling import SamplingParams
+from tandem_wire.lifecycle import RateWindow
 from tandem_wire.serving import log_event
 from tandem_wire.telemetry import AcceptanceStats, Reading
 from tandem_wire.v1 import tandem_pb2 as pb
@@ -77,6 +78,7 @@ class EdgeServicer(pb_grpc.EdgeServicer):
         except ValueError:  # a tokenizer without the step delimiter: no step-level work here
             self.reasoner = None
         self.active = 0
+        self.window = RateWindow()  # telemetry rates since the previous sample
         self.draft_ms: float | None = None  # EWMA of drafter ms per drafted token
         self.acceptance: dict[tuple[str, str], AcceptanceStats] = {}  # (drafter, target)
         self.counts: dict[str, float] = {
@@ -262,6 +264,8 @@ class EdgeServicer(pb_grpc.EdgeServicer):
         """This node's telemetry: load, RTT to each cloud, acceptance per pair, draft cost."""
         return Reading(
             active_sessions=self.active,
+            tokens_per_s=self.window.rate("tokens", self.counts["generated_tokens"]),
+            busy_fraction=min(1.0, self.window.rate("busy_s", self.counts["busy_s"])),
             rtt_ms=dict(self.clouds.rtt_ms),
             acceptance=dict(self.acceptance),
             extra={"draft_ms_per_token": self.draft_ms} if self.draft_ms else {},

@@ -263,3 +263,38 @@ def test_rtt_policy_prefers_long_drafts_on_slow_links() -> None:
     slow = rtt_aware_k(0.8, CostModel(200.0, 1.0, 1.0, 0.2), 16)
     assert slow > fast
     assert np.isclose(rtt_aware_k(0.0, CostModel(200.0, 1.0, 1.0, 0.2), 16), 1)
+
+
+def test_a_revised_plan_moves_the_request_to_another_cloud_and_mode(tok, target_lm, drafter_lm):
+    from edge_node.speculation import Hooks, Replan
+
+    async def main() -> tuple[Any, list[tuple[int, str]], list[int], int, tuple[str, str]]:
+        a = await start_cloud(target_lm, tok.eos_id)
+        b = await start_cloud(target_lm, tok.eos_id)
+        clouds = CloudDirectory("edge-test", static=[a.address])
+        calls: list[tuple[int, str]] = []
+
+        async def replan(left: int, current: str) -> Replan | None:
+            calls.append((left, current))
+            return Replan("cloud-only", (b.address, clouds.stub(b.address)), 0)
+
+        p = prompts(tok, 1)[0]
+        ref = generate(target_lm, p, SamplingParams(0.0), 30, None)
+        res = await Speculator(drafter_lm).run(
+            p,
+            SamplingParams(0.0),
+            SpecSettings(30, None, 2, "fixed"),
+            clouds.pick,
+            Hooks(replan=replan, replan_every=2),
+        )
+        generated = b.engine.stats.generated_tokens
+        await clouds.close()
+        await a.stop()
+        await b.stop()
+        return res, calls, ref, generated, (a.address, b.address)
+
+    res, calls, ref, generated, (first, second) = run(main())
+    assert res.tokens == ref  # still the target's output
+    assert res.final_mode == "cloud-only" and calls[0][1] == first and res.cloud_node == second
+    assert res.account.plan_revisions == 1 and res.account.verify_rounds == 2
+    assert 0 < calls[0][0] < 30 and generated == calls[0][0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -13,6 +14,24 @@ from tandem_wire.telemetry import Reading, TelemetryPublisher
 from tandem_wire.v1 import tandem_pb2 as pb
 
 log = logging.getLogger("tandem_wire.lifecycle")
+
+
+class RateWindow:
+    """Per-second rates of growing counters since the previous sample (not since start)."""
+
+    def __init__(self, min_window_s: float = 0.05) -> None:
+        self.min_window_s = min_window_s  # samples closer than this keep the previous rate
+        self._last: dict[str, tuple[float, float]] = {}
+        self._rate: dict[str, float] = {}
+
+    def rate(self, name: str, value: float) -> float:
+        """How fast ``value`` grew per second since the last call for ``name``."""
+        now = time.monotonic()
+        t0, v0 = self._last.setdefault(name, (now, value))
+        if now - t0 >= self.min_window_s:
+            self._rate[name] = max(0.0, (value - v0) / (now - t0))
+            self._last[name] = (now, value)
+        return self._rate.get(name, 0.0)
 
 
 async def run_node(
