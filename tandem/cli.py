@@ -140,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("model", choices=["target", "drafter", "all"], nargs="?", default="all")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default="", help="folder for checkpoints (default: the bundled ones)")
-    t.add_argument("--threads", type=int, default=1, help="torch threads (1 reproduces the bundled weights)")
+    t.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 reproduces the bundled weights)"
+    )
     t.add_argument("--onnx", action="store_true", help="also export the drafter to ONNX int8")
     t.set_defaults(fn=_train)
 

@@ -56,15 +56,18 @@ def test_check_rtt_and_bandwidth_within_10_percent() -> None:
 
 def test_check_asymmetric_bandwidth() -> None:
     spec = LinkSpec.symmetric(latency_ms=20.0).changed(
-        {"up_bandwidth_mbit": 4.0, "down_bandwidth_mbit": 16.0})
+        {"up_bandwidth_mbit": 4.0, "down_bandwidth_mbit": 16.0}
+    )
     result = run(check_link(spec, config=CheckConfig(rtt_samples=15, transfer_s=0.6)), 30.0)
     assert result.within(0.10), result.table()
 
 
 def test_latency_is_pipelined_not_per_message() -> None:
     async def main() -> list[float]:
-        async with ProbeServer() as server, LinkProxy(
-                ProxyConfig(server.address), LinkSpec.symmetric(latency_ms=40.0)) as proxy:
+        async with (
+            ProbeServer() as server,
+            LinkProxy(ProxyConfig(server.address), LinkSpec.symmetric(latency_ms=40.0)) as proxy,
+        ):
             reader, writer = await open_echo(proxy.address)
             await ping(reader, writer)  # connection set-up out of the way
             sent: list[float] = []
@@ -111,8 +114,10 @@ def test_blackhole_holds_bytes_until_cleared() -> None:
 def test_bounded_buffers_push_back_on_the_sender() -> None:
     async def main() -> None:
         spec = LinkSpec.symmetric(blackhole=True)
-        async with ProbeServer() as server, LinkProxy(
-                ProxyConfig(server.address, max_queued_bytes=64 * 1024), spec) as proxy:
+        async with (
+            ProbeServer() as server,
+            LinkProxy(ProxyConfig(server.address, max_queued_bytes=64 * 1024), spec) as proxy,
+        ):
             _, writer = await open_echo(proxy.address)
             writer.write(bytes(64 * 1024 * 1024))  # far more than queue + kernel buffers
             with pytest.raises(asyncio.TimeoutError):
@@ -175,9 +180,12 @@ def test_unreachable_upstream_closes_the_client() -> None:
 def test_scheduled_change_takes_effect_on_time() -> None:
     async def main() -> list[tuple[float, float, float]]:
         schedule = Schedule([(0.6, {"latency_ms": 60.0})])
-        async with ProbeServer() as server, LinkProxy(
-                ProxyConfig(server.address), LinkSpec.symmetric(latency_ms=10.0),
-                schedule) as proxy:
+        async with (
+            ProbeServer() as server,
+            LinkProxy(
+                ProxyConfig(server.address), LinkSpec.symmetric(latency_ms=10.0), schedule
+            ) as proxy,
+        ):
             t0 = time.perf_counter()
             reader, writer = await open_echo(proxy.address)
             samples = []
@@ -251,7 +259,7 @@ def test_bytes_are_forwarded_unchanged_both_ways() -> None:
 
             async def send() -> None:
                 for i in range(0, len(payload), 10_000):  # many small writes: many chunks
-                    writer.write(payload[i:i + 10_000])
+                    writer.write(payload[i : i + 10_000])
                     await writer.drain()
 
             sender = asyncio.create_task(send())

@@ -42,8 +42,9 @@ def test_add_parser_wires_a_link_subcommand(capsys) -> None:
 
 def test_check_writes_json(tmp_path, capsys) -> None:
     out = tmp_path / "check.json"
-    rc = main(["check", "--samples", "8", "--transfer-s", "0.3", "--tolerance", "0.3",
-               "--json", str(out)])
+    rc = main(
+        ["check", "--samples", "8", "--transfer-s", "0.3", "--tolerance", "0.3", "--json", str(out)]
+    )
     table = capsys.readouterr().out
     assert rc == 0, table
     data = json.loads(out.read_text())
@@ -69,9 +70,26 @@ def test_run_forwards_and_stops_on_sigint() -> None:
     upstream = f"127.0.0.1:{server.server_address[1]}"
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'proto'}"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "simulations.link", "run", "--upstream", upstream,
-         "--latency-ms", "20", "--stats-every", "0", "--duration", "30"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "simulations.link",
+            "run",
+            "--upstream",
+            upstream,
+            "--latency-ms",
+            "20",
+            "--stats-every",
+            "0",
+            "--duration",
+            "30",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         port = None

@@ -31,8 +31,10 @@ def test_unknown_settings_are_named(change: dict) -> None:
         LinkSpec().changed({"uplink": 3})
 
 
-@pytest.mark.parametrize("bad", [{"latency_ms": -1.0}, {"bandwidth_mbit": float("nan")},
-                                 {"jitter_ms": "5"}, {"blackhole": 1}])
+@pytest.mark.parametrize(
+    "bad",
+    [{"latency_ms": -1.0}, {"bandwidth_mbit": float("nan")}, {"jitter_ms": "5"}, {"blackhole": 1}],
+)
 def test_bad_values_are_refused(bad: dict) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
         DirectionSpec(**bad)
@@ -53,13 +55,20 @@ def test_schedule_sorts_validates_and_parses(tmp_path) -> None:
     with pytest.raises(ValueError):
         Schedule([(-1.0, {})])
     path = tmp_path / "s.json"
-    path.write_text(json.dumps({"steps": [{"at_s": 0.5, "profile": "lte"},
-                                          {"at_s": 1, "set": {"up_blackhole": True}}]}))
+    path.write_text(
+        json.dumps(
+            {"steps": [{"at_s": 0.5, "profile": "lte"}, {"at_s": 1, "set": {"up_blackhole": True}}]}
+        )
+    )
     loaded = Schedule.load(path, profile_spec)
     assert loaded.steps[0].change == profile_spec("lte")
     assert loaded.steps[1].change == {"up_blackhole": True}
-    for bad in ([{"at_s": 1}], [{"at_s": 1, "set": {}, "profile": "lte"}], {"x": []},
-                [{"set": {}}]):
+    for bad in (
+        [{"at_s": 1}],
+        [{"at_s": 1, "set": {}, "profile": "lte"}],
+        {"x": []},
+        [{"set": {}}],
+    ):
         with pytest.raises(ValueError):
             Schedule.parse(bad, profile_spec)
     with pytest.raises(ValueError, match="profile"):

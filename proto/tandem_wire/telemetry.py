@@ -62,6 +62,7 @@ __all__ = [
 
 log = logging.getLogger("tandem_wire.telemetry")
 
+
 async def _close(task: asyncio.Task[None] | None, sock: zmq.asyncio.Socket | None) -> None:
     if task is not None:
         task.cancel()

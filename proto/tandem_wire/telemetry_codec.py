@@ -223,5 +223,3 @@ def encode_sample(sample: Sample, max_frame_bytes: int = MAX_FRAME_BYTES) -> byt
     if len(payload) > max_frame_bytes:
         raise ValueError(f"sample is {len(payload)} bytes > {max_frame_bytes}")
     return payload
-
-

@@ -10,6 +10,17 @@ from simulations.link.proxy import LinkCounters, LinkProxy, ProxyConfig
 from simulations.link.spec import DirectionSpec, LinkSpec, Schedule, ScheduleStep
 from simulations.link.threaded import ThreadedLink
 
-__all__ = ["PROFILES", "DirectionSpec", "LinkCounters", "LinkProxy", "LinkSpec", "Profile",
-           "ProxyConfig", "Schedule", "ScheduleStep", "ThreadedLink", "UnknownProfileError",
-           "get_profile"]
+__all__ = [
+    "PROFILES",
+    "DirectionSpec",
+    "LinkCounters",
+    "LinkProxy",
+    "LinkSpec",
+    "Profile",
+    "ProxyConfig",
+    "Schedule",
+    "ScheduleStep",
+    "ThreadedLink",
+    "UnknownProfileError",
+    "get_profile",
+]

@@ -72,16 +72,28 @@ class CheckResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {
-            "label": self.label, "spec": self.spec.to_dict(), "elapsed_s": self.elapsed_s,
-            "within_10pct": self.within(0.10), "rtt_samples_ms": list(self.rtt_samples_ms),
-            "measurements": [{"name": m.name, "asked": None if math.isinf(m.asked) else m.asked,
-                              "measured": m.measured, "error": m.error} for m in self.measurements],
+            "label": self.label,
+            "spec": self.spec.to_dict(),
+            "elapsed_s": self.elapsed_s,
+            "within_10pct": self.within(0.10),
+            "rtt_samples_ms": list(self.rtt_samples_ms),
+            "measurements": [
+                {
+                    "name": m.name,
+                    "asked": None if math.isinf(m.asked) else m.asked,
+                    "measured": m.measured,
+                    "error": m.error,
+                }
+                for m in self.measurements
+            ],
         }
 
     def table(self) -> str:
         """A fixed-width table for the terminal."""
-        lines = [f"link check: {self.label}",
-                 f"{'quantity':<15}{'asked':>12}{'measured':>12}{'error':>9}"]
+        lines = [
+            f"link check: {self.label}",
+            f"{'quantity':<15}{'asked':>12}{'measured':>12}{'error':>9}",
+        ]
         for m in self.measurements:
             asked = "unlimited" if math.isinf(m.asked) else f"{m.asked:.2f}"
             err = "n/a" if m.error is None else f"{100 * m.error:.1f}%"
@@ -190,8 +202,9 @@ def _transfer_bytes(d: DirectionSpec, cfg: CheckConfig) -> int:
     return max(_BLOCK, min(cfg.max_transfer_bytes, at_rate))
 
 
-async def check_link(spec: LinkSpec = DEFAULT_CHECK_SPEC, label: str = "default",
-                     config: CheckConfig | None = None) -> CheckResult:
+async def check_link(
+    spec: LinkSpec = DEFAULT_CHECK_SPEC, label: str = "default", config: CheckConfig | None = None
+) -> CheckResult:
     """Put a proxy with ``spec`` in front of a probe server and measure it.
 
     Resets are switched off (a reset would abort the measurement, and they are not a rate one
@@ -201,32 +214,41 @@ async def check_link(spec: LinkSpec = DEFAULT_CHECK_SPEC, label: str = "default"
     if spec.blackholed:
         raise ValueError("cannot measure a blackholed link: nothing crosses it")
     spec = spec.changed({"resets_per_s": 0.0})
-    asked_rtt = spec.rtt_ms + spec.uplink.serialization_ms(cfg.message_bytes) \
+    asked_rtt = (
+        spec.rtt_ms
+        + spec.uplink.serialization_ms(cfg.message_bytes)
         + spec.downlink.serialization_ms(cfg.message_bytes)
-    n_rtt = max(cfg.min_rtt_samples,
-                min(cfg.rtt_samples, int(cfg.rtt_budget_s * 1e3 / max(asked_rtt, 1e-3))))
+    )
+    n_rtt = max(
+        cfg.min_rtt_samples,
+        min(cfg.rtt_samples, int(cfg.rtt_budget_s * 1e3 / max(asked_rtt, 1e-3))),
+    )
     start = time.perf_counter()
     async with ProbeServer() as server:
         proxy_cfg = ProxyConfig(upstream=server.address, seed=cfg.seed)
         async with LinkProxy(proxy_cfg, spec) as proxy:
             rtts = await asyncio.wait_for(
-                measure_rtts(proxy.address, n_rtt, cfg.message_bytes), cfg.timeout_s)
+                measure_rtts(proxy.address, n_rtt, cfg.message_bytes), cfg.timeout_s
+            )
             rtt = statistics.median(rtts)
             measurements = [Measurement("rtt_ms", asked_rtt, rtt * 1e3)]
             for name in ("uplink", "downlink"):
                 d = spec.direction(name)
                 n = _transfer_bytes(d, cfg)
                 took = await asyncio.wait_for(
-                    measure_transfer(proxy.address, name, n), cfg.timeout_s)
+                    measure_transfer(proxy.address, name, n), cfg.timeout_s
+                )
                 # what is left after one round trip is the time the bytes spent serializing
                 mbit = n * 8 / max(took - rtt, 1e-6) / 1e6
                 asked = d.bandwidth_mbit if d.bandwidth_mbit > 0 else math.inf
                 measurements.append(Measurement(f"{name}_mbit", asked, mbit))
-    return CheckResult(label, spec, tuple(measurements), time.perf_counter() - start,
-                       tuple(r * 1e3 for r in rtts))
+    return CheckResult(
+        label, spec, tuple(measurements), time.perf_counter() - start, tuple(r * 1e3 for r in rtts)
+    )
 
 
-def run_check(spec: LinkSpec = DEFAULT_CHECK_SPEC, label: str = "default",
-              config: CheckConfig | None = None) -> CheckResult:
+def run_check(
+    spec: LinkSpec = DEFAULT_CHECK_SPEC, label: str = "default", config: CheckConfig | None = None
+) -> CheckResult:
     """:func:`check_link` for synchronous callers (runs its own event loop)."""
     return asyncio.run(check_link(spec, label, config))

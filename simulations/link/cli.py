@@ -23,15 +23,22 @@ from tandem_wire.serving import log_event, setup_logging
 logger = logging.getLogger("tandem.link")
 
 # Shortcut flags that set both directions; --set KEY=VALUE covers one direction (up_*/down_*).
-_SHORTCUTS = {"latency_ms": float, "jitter_ms": float, "bandwidth_mbit": float,
-              "resets_per_s": float}
+_SHORTCUTS = {
+    "latency_ms": float,
+    "jitter_ms": float,
+    "bandwidth_mbit": float,
+    "resets_per_s": float,
+}
 
 
 def add_parser(subparsers: Any) -> None:
     """Add ``link`` with sub-commands ``profiles``, ``run`` and ``check`` to an argparse
     subparsers object. Each leaf sets ``func``: call ``args.func(args)`` for the exit code."""
-    link = subparsers.add_parser("link", help="user-space link emulator (latency, bandwidth, "
-                                 "jitter, resets) in front of a TCP service")
+    link = subparsers.add_parser(
+        "link",
+        help="user-space link emulator (latency, bandwidth, "
+        "jitter, resets) in front of a TCP service",
+    )
     _add_commands(link.add_subparsers(dest="link_command", required=True, metavar="COMMAND"))
 
 
@@ -46,16 +53,29 @@ def _add_commands(sub: Any) -> None:
     r.add_argument("--upstream", required=True, help="HOST:PORT to forward connections to")
     r.add_argument("--profile", default="loopback", help="starting profile (see 'profiles')")
     for name, kind in _SHORTCUTS.items():
-        r.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
-                       help=f"override {name} in both directions")
+        r.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            default=None,
+            help=f"override {name} in both directions",
+        )
     r.add_argument("--blackhole", action="store_true", help="start blackholed both ways")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"override one setting, e.g. up_bandwidth_mbit=2 ({', '.join(FIELD_NAMES)}"
-                        ", optionally prefixed up_/down_)")
+    r.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override one setting, e.g. up_bandwidth_mbit=2 ({', '.join(FIELD_NAMES)}"
+        ", optionally prefixed up_/down_)",
+    )
     r.add_argument("--schedule", type=Path, help="JSON schedule of timed changes")
     r.add_argument("--seed", type=int, default=0, help="seed for jitter and reset draws")
-    r.add_argument("--stats-every", type=float, default=5.0,
-                   help="log counters every N seconds (0: only at the end)")
+    r.add_argument(
+        "--stats-every",
+        type=float,
+        default=5.0,
+        help="log counters every N seconds (0: only at the end)",
+    )
     r.add_argument("--duration", type=float, default=0.0, help="stop after N seconds (0: never)")
     r.set_defaults(func=cmd_run)
 
@@ -63,10 +83,18 @@ def _add_commands(sub: Any) -> None:
     c.add_argument("--profile", default=None, help="profile to check (default: 30 ms, 8 Mbit/s)")
     c.add_argument("--json", type=Path, default=None, help="also write the result to this file")
     c.add_argument("--samples", type=int, default=CheckConfig.rtt_samples, help="RTT samples")
-    c.add_argument("--transfer-s", type=float, default=CheckConfig.transfer_s,
-                   help="seconds each bulk transfer lasts at the asked rate")
-    c.add_argument("--tolerance", type=float, default=0.10,
-                   help="exit 1 when a quantity is off by more than this fraction")
+    c.add_argument(
+        "--transfer-s",
+        type=float,
+        default=CheckConfig.transfer_s,
+        help="seconds each bulk transfer lasts at the asked rate",
+    )
+    c.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.10,
+        help="exit 1 when a quantity is off by more than this fraction",
+    )
     c.set_defaults(func=cmd_check)
 
 
@@ -80,8 +108,9 @@ def _parse_value(text: str) -> Any:
 def build_spec(args: argparse.Namespace) -> LinkSpec:
     """The starting spec of ``run``: the profile, then shortcut flags, then ``--set``."""
     spec = get_profile(args.profile).spec
-    change: dict[str, Any] = {k: getattr(args, k) for k in _SHORTCUTS
-                              if getattr(args, k) is not None}
+    change: dict[str, Any] = {
+        k: getattr(args, k) for k in _SHORTCUTS if getattr(args, k) is not None
+    }
     if args.blackhole:
         change["blackhole"] = True
     for item in args.set:
@@ -98,12 +127,16 @@ def build_spec(args: argparse.Namespace) -> LinkSpec:
 def cmd_profiles(args: argparse.Namespace) -> int:
     """Print the profile table (or JSON)."""
     if args.json:
-        out = {n: {"description": p.description, "source": p.source, **p.spec.to_dict()}
-               for n, p in PROFILES.items()}
+        out = {
+            n: {"description": p.description, "source": p.source, **p.spec.to_dict()}
+            for n, p in PROFILES.items()
+        }
         print(json.dumps(out, indent=2))
         return 0
-    head = (f"{'name':<14}{'up ms':>8}{'±':>6}{'Mbit/s':>9}{'down ms':>9}{'±':>6}{'Mbit/s':>9}"
-            f"{'resets/h':>10}  description")
+    head = (
+        f"{'name':<14}{'up ms':>8}{'±':>6}{'Mbit/s':>9}{'down ms':>9}{'±':>6}{'Mbit/s':>9}"
+        f"{'resets/h':>10}  description"
+    )
     print(head)
     print("-" * len(head))
     for p in PROFILES.values():
@@ -113,13 +146,17 @@ def cmd_profiles(args: argparse.Namespace) -> int:
         def bw(mbit: float) -> str:
             return "inf" if mbit <= 0 else f"{mbit:g}"
 
-        print(f"{p.name:<14}{up.latency_ms:>8g}{up.jitter_ms:>6g}{bw(up.bandwidth_mbit):>9}"
-              f"{down.latency_ms:>9g}{down.jitter_ms:>6g}{bw(down.bandwidth_mbit):>9}"
-              f"{resets:>10.3g}  {p.description}")
+        print(
+            f"{p.name:<14}{up.latency_ms:>8g}{up.jitter_ms:>6g}{bw(up.bandwidth_mbit):>9}"
+            f"{down.latency_ms:>9g}{down.jitter_ms:>6g}{bw(down.bandwidth_mbit):>9}"
+            f"{resets:>10.3g}  {p.description}"
+        )
         if args.sources:
             print(f"{'':<14}source: {p.source}")
-    print("\nms: one-way latency floor; ±: mean extra delay (jitter, uniform 0..2x); "
-          "resets/h: connection resets per hour of connection life (both directions)")
+    print(
+        "\nms: one-way latency floor; ±: mean extra delay (jitter, uniform 0..2x); "
+        "resets/h: connection resets per hour of connection life (both directions)"
+    )
     return 0
 
 
@@ -131,8 +168,14 @@ async def _run(args: argparse.Namespace, spec: LinkSpec, schedule: Schedule | No
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
             loop.add_signal_handler(sig, stop.set)
     async with LinkProxy(cfg, spec, schedule) as proxy:
-        log_event(logger, "link.listening", address=proxy.address, port=proxy.port,
-                  upstream=cfg.upstream, profile=args.profile)
+        log_event(
+            logger,
+            "link.listening",
+            address=proxy.address,
+            port=proxy.port,
+            upstream=cfg.upstream,
+            profile=args.profile,
+        )
         stats = asyncio.create_task(_log_stats(proxy, args.stats_every))
         try:
             with contextlib.suppress(asyncio.TimeoutError):
@@ -183,8 +226,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``tandem link`` commands standalone: ``python -m simulations.link check``."""
-    parser = argparse.ArgumentParser(prog="python -m simulations.link",
-                                     description="Tandem's user-space link emulator")
+    parser = argparse.ArgumentParser(
+        prog="python -m simulations.link", description="Tandem's user-space link emulator"
+    )
     _add_commands(parser.add_subparsers(dest="link_command", required=True, metavar="COMMAND"))
     args = parser.parse_args(argv)
     return int(args.func(args))

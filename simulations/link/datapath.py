@@ -127,8 +127,14 @@ class Pipe:
     added delay tends toward the jitter maximum; isolated messages see the mean.
     """
 
-    def __init__(self, proxy: LinkProxy, direction: str, src: asyncio.StreamReader,
-                 dst: asyncio.StreamWriter, rng: random.Random) -> None:
+    def __init__(
+        self,
+        proxy: LinkProxy,
+        direction: str,
+        src: asyncio.StreamReader,
+        dst: asyncio.StreamWriter,
+        rng: random.Random,
+    ) -> None:
         self._proxy, self._dir, self._src, self._dst, self._rng = proxy, direction, src, dst, rng
         self._queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
         self._queued = 0
@@ -157,7 +163,7 @@ class Pipe:
                 step = max(1460, int(spec.bandwidth_mbit * 1e6 / 8 * SEGMENT_S))
             tx = self._proxy.transmitter(self._dir)
             for i in range(0, len(data), step):
-                piece = data[i:i + step]
+                piece = data[i : i + step]
                 sent = tx.send(len(piece), now, spec.bandwidth_mbit)
                 extra = self._rng.uniform(0.0, 2 * spec.jitter_ms) if spec.jitter_ms else 0.0
                 release = max(sent + (spec.latency_ms + extra) / 1e3, self._last_release)
@@ -184,8 +190,9 @@ class Pipe:
 class Connection:
     """One accepted client and its upstream, joined by an uplink and a downlink pipe."""
 
-    def __init__(self, proxy: LinkProxy, cid: int, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, proxy: LinkProxy, cid: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         self.proxy, self.cid, self.reader, self.writer = proxy, cid, reader, writer
         self.upstream: asyncio.StreamWriter | None = None
         self.tasks: list[asyncio.Task[None]] = []
@@ -199,11 +206,18 @@ class Connection:
         host, port = parse_hostport(cfg.upstream)
         try:
             up_reader, self.upstream = await asyncio.wait_for(
-                asyncio.open_connection(host, port), cfg.connect_timeout_s)
+                asyncio.open_connection(host, port), cfg.connect_timeout_s
+            )
         except (OSError, asyncio.TimeoutError) as exc:
             self.proxy.counters_.upstream_failures += 1
-            log_event(logger, "link.upstream_failed", logging.WARNING, conn=self.cid,
-                      upstream=cfg.upstream, error=repr(exc))
+            log_event(
+                logger,
+                "link.upstream_failed",
+                logging.WARNING,
+                conn=self.cid,
+                upstream=cfg.upstream,
+                error=repr(exc),
+            )
             abort(self.writer, rst=True)
             return
         up = Pipe(self.proxy, "uplink", self.reader, self.upstream, self.rngs["uplink"])

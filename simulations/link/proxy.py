@@ -30,8 +30,16 @@ from tandem_wire.serving import log_event
 if TYPE_CHECKING:
     from simulations.link.threaded import ThreadedLink
 
-__all__ = ["DirectionSpec", "LinkCounters", "LinkProxy", "LinkSpec", "ProxyConfig", "Schedule",
-           "ScheduleStep", "parse_hostport"]
+__all__ = [
+    "DirectionSpec",
+    "LinkCounters",
+    "LinkProxy",
+    "LinkSpec",
+    "ProxyConfig",
+    "Schedule",
+    "ScheduleStep",
+    "parse_hostport",
+]
 
 logger = logging.getLogger("tandem.link")
 
@@ -68,8 +76,9 @@ class LinkProxy:
     :class:`Schedule`, or run it on a background thread with :meth:`start_in_thread`.
     """
 
-    def __init__(self, config: ProxyConfig, spec: LinkSpec | None = None,
-                 schedule: Schedule | None = None) -> None:
+    def __init__(
+        self, config: ProxyConfig, spec: LinkSpec | None = None, schedule: Schedule | None = None
+    ) -> None:
         parse_hostport(config.upstream)  # fail at construction, not at the first connection
         self.config = config
         self._spec = spec or LinkSpec()
@@ -179,8 +188,13 @@ class LinkProxy:
         self._address = f"{bound[0]}:{bound[1]}"
         self._timer = PreciseTimer()  # fresh per start: a stopped timer's thread has exited
         self._timer.start()
-        log_event(logger, "link.started", address=self._address, upstream=self.config.upstream,
-                  spec=self._spec.to_dict())
+        log_event(
+            logger,
+            "link.started",
+            address=self._address,
+            upstream=self.config.upstream,
+            spec=self._spec.to_dict(),
+        )
         if self._schedule is not None:
             self.play(self._schedule)
         return self
@@ -207,8 +221,12 @@ class LinkProxy:
     async def __aenter__(self) -> LinkProxy:
         return await self.start()
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.stop()
 
     def start_in_thread(self, start_timeout_s: float = 5.0) -> ThreadedLink:

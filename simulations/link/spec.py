@@ -122,8 +122,9 @@ class LinkSpec:
                 _check_field(key, key)
                 patch["uplink"][key] = value
                 patch["downlink"][key] = value
-        return LinkSpec(replace(self.uplink, **patch["uplink"]),
-                        replace(self.downlink, **patch["downlink"]))
+        return LinkSpec(
+            replace(self.uplink, **patch["uplink"]), replace(self.downlink, **patch["downlink"])
+        )
 
     @property
     def rtt_ms(self) -> float:
@@ -199,8 +200,10 @@ class Schedule:
                 raise ValueError(f"schedule step {i} must be an object with 'at_s'")
             extra = set(item) - {"at_s", "set", "profile"}
             if extra or ("set" in item) == ("profile" in item):
-                raise ValueError(f"schedule step {i} needs exactly one of 'set' or 'profile' "
-                                 f"besides 'at_s' (got keys {sorted(item)})")
+                raise ValueError(
+                    f"schedule step {i} needs exactly one of 'set' or 'profile' "
+                    f"besides 'at_s' (got keys {sorted(item)})"
+                )
             if "profile" in item:
                 if profile is None:
                     raise ValueError(f"schedule step {i} names a profile but none can be resolved")
