@@ -62,6 +62,31 @@ class CausalLM(Protocol):
         ...
 
 
+class CacheSession:
+    """Shared part of sessions over a preallocated cache: a length, and truncation that moves it.
+
+    Subclasses hold the cache arrays and ``lm``, whose ``extend_batch`` fills them.
+    """
+
+    lm: CausalLM
+    _length: int = 0
+
+    @property
+    def length(self) -> int:
+        """How many tokens the cache holds."""
+        return self._length
+
+    def extend(self, tokens: Sequence[int]) -> np.ndarray:
+        """Feed ``tokens``; float32 logits [len(tokens), vocab]."""
+        return self.lm.extend_batch([self], [tokens])[0]  # type: ignore[list-item]
+
+    def truncate(self, length: int) -> None:
+        """Forget positions at and after ``length``; later extends overwrite them."""
+        if not 0 <= length <= self._length:
+            raise ValueError(f"cannot truncate a cache of {self._length} to {length}")
+        self._length = length
+
+
 def extend_each(sessions: Sequence[LMSession], tokens: Sequence[Sequence[int]]) -> list[np.ndarray]:
     """``extend_batch`` for backends without a batched kernel."""
     return [s.extend(t) for s, t in zip(sessions, tokens, strict=True)]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnxruntime as ort
 
-from models.base import check_tokens
+from models.base import CacheSession, check_tokens
 
 if TYPE_CHECKING:  # only for the annotation; importing it at run time would pull in torch
     from models.transformer import TinyLM
@@ -60,7 +60,7 @@ def _causal_mask(past: int, new: int) -> np.ndarray:
     return m
 
 
-class OnnxSession:
+class OnnxSession(CacheSession):
     """A preallocated numpy KV cache of one sequence; truncation only moves the length."""
 
     def __init__(self, lm: OnnxLM) -> None:
@@ -69,21 +69,6 @@ class OnnxSession:
         self.keys = np.zeros((c.n_layers, c.n_heads, c.max_len, c.head_dim), dtype=np.float32)
         self.values = np.zeros_like(self.keys)
         self._length = 0
-
-    @property
-    def length(self) -> int:
-        """How many tokens the cache holds."""
-        return self._length
-
-    def extend(self, tokens: Sequence[int]) -> np.ndarray:
-        """Feed ``tokens``; float32 logits [len(tokens), vocab]."""
-        return self.lm.extend_batch([self], [tokens])[0]
-
-    def truncate(self, length: int) -> None:
-        """Forget positions at and after ``length``; later extends overwrite them."""
-        if not 0 <= length <= self._length:
-            raise ValueError(f"cannot truncate a cache of {self._length} to {length}")
-        self._length = length
 
 
 class OnnxLM:

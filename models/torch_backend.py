@@ -9,13 +9,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.base import check_tokens
+from models.base import CacheSession, check_tokens
 from models.transformer import ModelConfig, TinyLM, causal_mask
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 
 
-class TorchSession:
+class TorchSession(CacheSession):
     """A preallocated KV cache of one sequence; truncation only moves the length."""
 
     def __init__(self, lm: TorchLM) -> None:
@@ -24,18 +24,6 @@ class TorchSession:
         self.keys = torch.zeros(c.n_layers, c.n_heads, c.max_len, c.head_dim)
         self.values = torch.zeros_like(self.keys)
         self._length = 0
-
-    @property
-    def length(self) -> int:
-        return self._length
-
-    def extend(self, tokens: Sequence[int]) -> np.ndarray:
-        return self.lm.extend_batch([self], [tokens])[0]
-
-    def truncate(self, length: int) -> None:
-        if not 0 <= length <= self._length:
-            raise ValueError(f"cannot truncate a cache of {self._length} to {length}")
-        self._length = length
 
 
 class TorchLM:
