@@ -56,8 +56,9 @@ class CloudDirectory:
         self.rtt_ms: dict[str, float] = {}  # EWMA round trip per cloud node id
         self._probe: asyncio.Task[None] | None = None
         self.peer_edges: list[str] = []  # other edge nodes, for fanning out drafts
-        self.plan_ttl_s = 1.0  # how long a plan is reused for like requests
+        self.plan_ttl_s = 1.0  # how long a plan (or a pick) is reused for like requests
         self._plans: dict[tuple[object, ...], tuple[float, pb.PlanReply]] = {}
+        self._picks: dict[tuple[str, ...], tuple[float, str]] = {}  # like plans, for picks
 
     @property
     def has_coordinator(self) -> bool:
@@ -88,6 +89,11 @@ class CloudDirectory:
     async def pick(self, exclude: Sequence[str]) -> tuple[str, pb_grpc.CloudStub] | None:
         """A cloud node (its id and a stub) not in ``exclude``, or None when there is none."""
         if self._coord is not None:
+            key = tuple(sorted(exclude))
+            hit = self._picks.get(key)
+            fresh = hit is not None and time.monotonic() - hit[0] < self.plan_ttl_s
+            if fresh and hit[1] in self.known:
+                return hit[1], self.stub(self.known[hit[1]].address)
             try:
                 reply = await self._coord.PickCloud(
                     pb.PickCloudRequest(edge_id=self.edge_id, exclude=list(exclude)),
@@ -95,6 +101,7 @@ class CloudDirectory:
                 )
                 if reply.cloud.address:
                     self._remember(reply.cloud)
+                    self._picks[key] = (time.monotonic(), reply.cloud.node_id)
                     return reply.cloud.node_id, self.stub(reply.cloud.address)
             except grpc.aio.AioRpcError as exc:
                 log_event(log, "pick_cloud_failed", logging.WARNING, code=exc.code().name)
