@@ -57,6 +57,8 @@ class CloudDirectory:
         self._probe: asyncio.Task[None] | None = None
         self.peer_edges: list[str] = []  # other edge nodes, for fanning out drafts
         self.plan_ttl_s = 1.0  # how long a plan (or a pick) is reused for like requests
+        self.plan_max_stale_s = 10.0  # an older plan is refreshed before it is used
+        self._refreshing: dict[tuple[object, ...], asyncio.Task[pb.PlanReply | None]] = {}
         self._plans: dict[tuple[object, ...], tuple[float, pb.PlanReply]] = {}
         self._picks: dict[tuple[str, ...], tuple[float, str]] = {}  # like plans, for picks
 
@@ -114,8 +116,11 @@ class CloudDirectory:
         """The coordinator's plan, or None when there is no coordinator or it cannot plan.
 
         A plan for a like request (same objective, floor, weight, exclusions and a length in the
-        same power-of-two bucket) is reused for ``plan_ttl_s``: a round trip to the coordinator
-        per request costs as much as a few tokens on a fast link. ``fresh`` skips the cache.
+        same power-of-two bucket) is served from memory: a round trip to the coordinator per
+        request costs as much as a few tokens on a fast link. Past ``plan_ttl_s`` it is still
+        served (up to ``plan_max_stale_s``) while a fresh one is fetched in the background, so
+        no request waits for the coordinator once like requests have been planned. ``fresh``
+        asks the coordinator now (a plan revision mid-request).
         """
         if self._coord is None:
             return None
@@ -128,12 +133,25 @@ class CloudDirectory:
             max(request.max_new_tokens, 1).bit_length(),
         )
         hit = self._plans.get(key)
-        if not fresh and hit is not None and time.monotonic() - hit[0] < self.plan_ttl_s:
+        age = time.monotonic() - hit[0] if hit is not None else float("inf")
+        if not fresh and hit is not None and age < self.plan_max_stale_s:
+            if age >= self.plan_ttl_s and key not in self._refreshing:
+                ask = pb.PlanRequest()
+                ask.CopyFrom(request)
+                task = asyncio.get_running_loop().create_task(self._fetch_plan(key, ask))
+                self._refreshing[key] = task
+                task.add_done_callback(lambda _: self._refreshing.pop(key, None))
             return hit[1]
+        return await self._fetch_plan(key, request)
+
+    async def _fetch_plan(
+        self, key: tuple[object, ...], request: pb.PlanRequest
+    ) -> pb.PlanReply | None:
         try:
-            reply = await self._coord.Plan(request, timeout=self.timeout_s)
+            reply = await self._coord.Plan(request, timeout=self.timeout_s)  # type: ignore[union-attr]
         except grpc.aio.AioRpcError as exc:
             log_event(log, "plan_failed", logging.WARNING, code=exc.code().name, why=exc.details())
+            self._plans.pop(key, None)  # a coordinator that cannot plan: stop serving the old one
             return None
         if reply.cloud.address:
             self._remember(reply.cloud)

@@ -88,8 +88,9 @@ async def _cell(edge: str, problems: list[task.Problem]) -> dict[str, dict[str, 
     chosen: dict[str, int] = {}
     async with aio_channel(edge) as ch:
         stub = pb_grpc.EdgeStub(ch)
-        for p in problems:
-            for name, mode, k in POLICIES:
+        for i, p in enumerate(problems):
+            # rotate the order per problem, so that no policy always runs first or last
+            for name, mode, k in POLICIES[i % len(POLICIES) :] + POLICIES[: i % len(POLICIES)]:
                 t0 = time.perf_counter()
                 r = await _solve(stub, p.question, mode, k)
                 wall[name] += time.perf_counter() - t0

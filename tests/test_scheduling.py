@@ -128,3 +128,29 @@ def test_plans_respect_the_quality_floor_without_clouds() -> None:
     anything, err = run(main())
     assert anything.mode == pb.MODE_EDGE_ONLY
     assert err.code() == grpc.StatusCode.UNAVAILABLE and "quality floor" in err.details()
+
+
+def test_edges_serve_a_stale_plan_while_they_fetch_a_fresh_one() -> None:
+    async def main() -> tuple[float, float, float]:
+        coord, nodes, agents, _ = await _cluster()
+        clouds = nodes[-1].servicer.clouds
+        ask = pb.PlanRequest(edge_id="edge-a", max_new_tokens=40)
+        try:
+            first = await clouds.plan(ask)
+            counts = coord.servicer.scheduler.counts
+            after_first = counts["plans_total"]
+            clouds.plan_ttl_s = 0.0  # every cached plan is now stale
+            again = await clouds.plan(ask)  # served from memory, refreshed behind the scenes
+            assert again is first
+            for _ in range(100):
+                if counts["plans_total"] > after_first:
+                    break
+                await asyncio.sleep(0.01)
+            refreshed = counts["plans_total"]
+            await clouds.plan(ask, fresh=True)
+            return after_first, refreshed, counts["plans_total"]
+        finally:
+            await _close(coord, nodes, agents)
+
+    after_first, refreshed, fresh = run(main())
+    assert after_first == 1 and refreshed == 2 and fresh == 3
