@@ -59,7 +59,8 @@ class CloudDirectory:
         self.plan_ttl_s = 1.0  # how long a plan (or a pick) is reused for like requests
         self.plan_max_stale_s = 10.0  # an older plan is refreshed before it is used
         self._refreshing: dict[tuple[object, ...], asyncio.Task[pb.PlanReply | None]] = {}
-        self._plans: dict[tuple[object, ...], tuple[float, pb.PlanReply]] = {}
+        # (made at, plan, the RTTs it was made for)
+        self._plans: dict[tuple[object, ...], tuple[float, pb.PlanReply, dict[str, float]]] = {}
         self._picks: dict[tuple[str, ...], tuple[float, str]] = {}  # like plans, for picks
 
     @property
@@ -134,6 +135,8 @@ class CloudDirectory:
         )
         hit = self._plans.get(key)
         age = time.monotonic() - hit[0] if hit is not None else float("inf")
+        if hit is not None and self._links_moved(hit[2]):
+            fresh = True  # the plan was made for links that are not there any more
         if not fresh and hit is not None and age < self.plan_max_stale_s:
             if age >= self.plan_ttl_s and key not in self._refreshing:
                 ask = pb.PlanRequest()
@@ -143,6 +146,14 @@ class CloudDirectory:
                 task.add_done_callback(lambda _: self._refreshing.pop(key, None))
             return hit[1]
         return await self._fetch_plan(key, request)
+
+    def _links_moved(self, then: dict[str, float]) -> bool:
+        """True when the RTT to a cloud moved by half (and a millisecond) since ``then``."""
+        for node_id, now in self.rtt_ms.items():
+            old = then.get(node_id)
+            if old is not None and abs(now - old) > max(0.5 * old, 1.0):
+                return True
+        return False
 
     async def _fetch_plan(
         self, key: tuple[object, ...], request: pb.PlanRequest
@@ -155,7 +166,7 @@ class CloudDirectory:
             return None
         if reply.cloud.address:
             self._remember(reply.cloud)
-        self._plans[key] = (time.monotonic(), reply)
+        self._plans[key] = (time.monotonic(), reply, dict(self.rtt_ms))
         return reply
 
     def _remember(self, info: pb.NodeInfo) -> None:

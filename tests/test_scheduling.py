@@ -135,6 +135,7 @@ def test_edges_serve_a_stale_plan_while_they_fetch_a_fresh_one() -> None:
         coord, nodes, agents, _ = await _cluster()
         clouds = nodes[-1].servicer.clouds
         ask = pb.PlanRequest(edge_id="edge-a", max_new_tokens=40)
+        clouds.rtt_ms["cloud-a"] = 1.0
         try:
             first = await clouds.plan(ask)
             counts = coord.servicer.scheduler.counts
@@ -148,7 +149,12 @@ def test_edges_serve_a_stale_plan_while_they_fetch_a_fresh_one() -> None:
                 await asyncio.sleep(0.01)
             refreshed = counts["plans_total"]
             await clouds.plan(ask, fresh=True)
-            return after_first, refreshed, counts["plans_total"]
+            clouds.plan_ttl_s = 60.0
+            clouds.rtt_ms["cloud-a"] = 20.0  # the link changed: the cached plan is for another one
+            before = counts["plans_total"]
+            await clouds.plan(ask)
+            assert counts["plans_total"] == before + 1  # fetched at once, not served stale
+            return after_first, refreshed, before
         finally:
             await _close(coord, nodes, agents)
 
