@@ -172,6 +172,9 @@ class EdgeServicer(pb_grpc.EdgeServicer):
                 if on_tokens is not None:
                     on_tokens(result.tokens)
             else:
+                if k and not request.k_policy:
+                    # the coordinator chose k with every node's figures; revisions adjust it
+                    policy = "fixed"
                 k = k or request.draft_length or self.config.default_k
                 settings = SpecSettings(max_new, self.tok.eos_id, k, policy, self.config.k_max)
                 start = CLOUD_ONLY if mode == pb.MODE_CLOUD_ONLY else SPECULATION

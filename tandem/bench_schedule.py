@@ -68,7 +68,7 @@ async def _solve(stub: pb_grpc.EdgeStub, question: str, mode: int, k: int) -> pb
         mode=mode,
         draft_length=k,
         max_new_tokens=48,
-        k_policy="fixed" if k else "rtt",
+        k_policy="fixed" if k else "",  # adaptive: the plan's k, revised with the plan
         objective=pb.OBJECTIVE_LATENCY,
     )
     return await stub.Solve(req, timeout=120)
