@@ -92,6 +92,21 @@ def extend_each(sessions: Sequence[LMSession], tokens: Sequence[Sequence[int]]) 
     return [s.extend(t) for s, t in zip(sessions, tokens, strict=True)]
 
 
+def check_feed(
+    lm: CausalLM, sessions: Sequence[LMSession], tokens: Sequence[Sequence[int]]
+) -> None:
+    """Raise ValueError for a feed ``lm.extend_batch`` cannot take: foreign sessions, empty or
+    out-of-vocabulary feeds, or sequences past the model's context."""
+    for s, t in zip(sessions, tokens, strict=True):
+        if getattr(s, "lm", lm) is not lm:
+            raise ValueError("session belongs to another model")
+        check_tokens(t, lm.vocab_size)
+        if not t:
+            raise ValueError("extend needs at least one token")
+        if s.length + len(t) > lm.max_len:
+            raise ValueError(f"sequence of {s.length + len(t)} exceeds max_len {lm.max_len}")
+
+
 def check_tokens(tokens: Sequence[int], vocab_size: int) -> None:
     """Raise ValueError naming the first token id outside [0, vocab_size)."""
     for t in tokens:

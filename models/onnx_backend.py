@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnxruntime as ort
 
-from models.base import CacheSession, check_tokens
+from models.base import CacheSession, check_feed
 
 if TYPE_CHECKING:  # only for the annotation; importing it at run time would pull in torch
     from models.transformer import TinyLM
@@ -108,14 +108,7 @@ class OnnxLM:
         """One graph run over every session; rows may have different cache and draft lengths."""
         if not sessions:
             return []
-        for s, t in zip(sessions, tokens, strict=True):
-            if s.lm is not self:
-                raise ValueError("session belongs to another model")
-            check_tokens(t, self.vocab_size)
-            if not t:
-                raise ValueError("extend needs at least one token")
-            if s.length + len(t) > self.max_len:
-                raise ValueError(f"sequence of {s.length + len(t)} exceeds max_len {self.max_len}")
+        check_feed(self, sessions, tokens)
         if len(sessions) == 1:
             return [self._extend_one(sessions[0], tokens[0])]
         return self._extend_many(sessions, tokens)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.base import CacheSession, check_tokens
+from models.base import CacheSession, check_feed
 from models.transformer import ModelConfig, TinyLM, causal_mask
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
@@ -46,12 +46,7 @@ class TorchLM:
         """One forward pass over every session; rows may have different cache and draft lengths."""
         if not sessions:
             return []
-        for s, t in zip(sessions, tokens, strict=True):
-            check_tokens(t, self.vocab_size)
-            if not t:
-                raise ValueError("extend needs at least one token")
-            if s.length + len(t) > self.max_len:
-                raise ValueError(f"sequence of {s.length + len(t)} exceeds max_len {self.max_len}")
+        check_feed(self, sessions, tokens)
         if len(sessions) == 1:
             return [self._extend_one(sessions[0], tokens[0])]
         return self._extend_many(sessions, tokens)
