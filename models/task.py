@@ -118,6 +118,14 @@ def generate(n: int, seed: int, min_ops: int = 3, max_ops: int = 5) -> list[Prob
     return problems
 
 
+def by_prompt_length(problems: Sequence[Problem]) -> list[list[int]]:
+    """Indices of ``problems`` grouped so each group's prompts have one length (one batch each)."""
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(problems):
+        groups.setdefault(len(p.ops), []).append(i)
+    return list(groups.values())
+
+
 def split_steps(text: str, delimiter: str = STEP_DELIMITER) -> list[str]:
     """The steps of a solution text, stripped, empty ones dropped."""
     return [s.strip() for s in text.split(delimiter) if s.strip()]

@@ -90,10 +90,7 @@ def greedy_solutions(module: TinyLM, problems: list[task.Problem], max_new: int 
     tok = task.WordTokenizer()
     module.eval()
     out: dict[int, str] = {}
-    groups: dict[int, list[int]] = {}
-    for i, p in enumerate(problems):
-        groups.setdefault(len(p.ops), []).append(i)
-    for idx in groups.values():
+    for idx in task.by_prompt_length(problems):
         ids = torch.tensor([[tok.bos_id, *tok.encode(problems[i].question)] for i in idx])
         done = torch.zeros(len(idx), dtype=torch.bool)
         for _ in range(min(max_new, module.cfg.max_len - ids.shape[1])):

@@ -40,10 +40,7 @@ def sample_solutions(
     gen = torch.Generator().manual_seed(seed)
     module.eval()
     out: dict[int, str] = {}
-    groups: dict[int, list[int]] = {}
-    for i, p in enumerate(problems):
-        groups.setdefault(len(p.ops), []).append(i)
-    for idx in groups.values():
+    for idx in task.by_prompt_length(problems):
         ids = torch.tensor([[tok.bos_id, *tok.encode(problems[i].question)] for i in idx])
         b, past = ids.shape
         empty = module.empty_cache(b)
