@@ -86,7 +86,7 @@ def test_an_unplanned_request_follows_the_coordinators_plan_and_streams_tokens()
 
 
 def test_the_job_api_runs_a_job_on_an_edge_and_reports_where() -> None:
-    async def main() -> list[pb.JobEvent]:
+    async def main() -> tuple[list[pb.JobEvent], str]:
         coord, nodes, agents, caddr = await _cluster()
         problem = task.generate(2, task.HELDOUT_SEED)[1]
         try:
@@ -94,13 +94,15 @@ def test_the_job_api_runs_a_job_on_an_edge_and_reports_where() -> None:
                 job = pb.JobRequest(
                     prompt=problem.question, objective=pb.OBJECTIVE_CLOUD_COST, deadline_s=30
                 )
-                return [e async for e in pb_grpc.CoordinatorStub(ch).Submit(job, timeout=30)]
+                events = [e async for e in pb_grpc.CoordinatorStub(ch).Submit(job, timeout=30)]
+                return events, nodes[-1].address
         finally:
             await _close(coord, nodes, agents)
 
-    events = run(main())
+    events, edge_address = run(main())
     done = events[-1].done
-    assert done.edge_id == events[-1].done.edge_id and done.edge_id
+    assert done.edge_id == edge_address  # the one live edge ran it
+    assert all(e.HasField("progress") for e in events[:-1]) and len(events) > 1
     assert done.result.mode == pb.MODE_TOKEN_SPECULATION  # the cheapest mode in cloud compute
     assert task.is_correct(task.generate(2, task.HELDOUT_SEED)[1], done.result.text)
     assert done.result.account.cloud_model_cpu_s > 0
