@@ -295,7 +295,7 @@ class EdgeServicer(pb_grpc.EdgeServicer):
         self, prompt: list[int], params: SamplingParams, max_new: int
     ) -> SpecResult:
         t0 = time.perf_counter()
-        tokens = await self.spec._compute(
+        tokens = await self.spec.compute(
             lambda: generate(self.lm, prompt, params, max_new, self.tok.eos_id)
         )
         wall = time.perf_counter() - t0

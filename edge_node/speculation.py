@@ -172,7 +172,8 @@ class Speculator:
         self.lm = lm
         self.pool = pool or ThreadPoolExecutor(1, thread_name_prefix="drafter")
 
-    async def _compute(self, fn: Callable[[], T]) -> T:
+    async def compute(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the drafter thread (one model user at a time)."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn)
 
     async def run(
@@ -266,7 +267,7 @@ class Speculator:
                 room = min(self.lm.max_len - 1 - base, r.left())
                 k = max(1, min(r.ctl.k, k_cap, room))
                 propose = partial(r.drafter.propose, list(r.committed), k)
-                draft: DraftResult = await self._compute(propose)
+                draft: DraftResult = await self.compute(propose)
                 acc.edge_model_s += draft.ms / 1e3
                 t_send = time.perf_counter()
                 msg = proposal_to_wire(sid, rid, base, draft.proposal)
@@ -364,4 +365,4 @@ class Speculator:
             return out
 
         if not self._done(r):
-            r.commit(await self._compute(work))
+            r.commit(await self.compute(work))
