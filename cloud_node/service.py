@@ -155,11 +155,29 @@ class CloudServicer(pb_grpc.CloudServicer):
             if self.steps is None:
                 raise RequestError("invalid", "this cloud node serves no step scorer")
             items = [(it.question, list(it.steps)) for it in request.items]
-            scores, ms, batch = await self.steps.score(items, request.scorer)
+            if request.rewrite_below > 0:
+                if len(items) != 1:
+                    raise RequestError("invalid", "rewrite_below: one item per call")
+                scores, ms, batch, rewrite = await self.steps.score_and_rewrite(
+                    *items[0], request.scorer, request.rewrite_below, request.rewrite_from
+                )
+                reply = pb.ScoreReply(
+                    items=[pb.StepScores(scores=scores)], model_ms=ms, batch_size=batch
+                )
+                if rewrite is not None:
+                    index, step, write_ms, kept = rewrite
+                    reply.rewrite_index = index
+                    reply.rewrite.CopyFrom(
+                        pb.StepReply(
+                            step=step_to_wire(step), model_ms=write_ms, draft_accepted=kept
+                        )
+                    )
+                return reply
+            all_scores, ms, batch = await self.steps.score(items, request.scorer)
         except RequestError as err:
             await self._fail(context, err)
         return pb.ScoreReply(
-            items=[pb.StepScores(scores=s) for s in scores], model_ms=ms, batch_size=batch
+            items=[pb.StepScores(scores=s) for s in all_scores], model_ms=ms, batch_size=batch
         )
 
     async def GenerateStep(
@@ -171,16 +189,17 @@ class CloudServicer(pb_grpc.CloudServicer):
             if request.delimiter not in ("", ";"):
                 raise RequestError("invalid", "delimiter: the bundled models use ';'")
             params = sampling_from_wire(request.sampling)
-            draft, ms = await self.steps.write_step(
+            step, ms, kept = await self.steps.write_step(
                 request.prefix.question,
                 list(request.prefix.steps),
                 params.temperature,
                 params.seed,
                 int(request.max_tokens),
+                request.draft,
             )
         except RequestError as err:
             await self._fail(context, err)
-        return pb.StepReply(step=step_to_wire(draft), model_ms=ms)
+        return pb.StepReply(step=step_to_wire(step), model_ms=ms, draft_accepted=kept)
 
     async def Metrics(
         self, request: pb.MetricsRequest, context: grpc.aio.ServicerContext

@@ -53,7 +53,13 @@ class StepService:
         self.config = config
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=config.queue_limit)
         self._worker: asyncio.Task[None] | None = None
-        self.counts = {"score_calls": 0, "scored_items": 0, "score_passes": 0, "steps_written": 0}
+        self.counts = {
+            "score_calls": 0,
+            "scored_items": 0,
+            "score_passes": 0,
+            "steps_written": 0,
+            "draft_tokens_kept": 0,
+        }
 
     def _check(self, items: Sequence[Item]) -> None:
         c = self.config
@@ -118,15 +124,50 @@ class StepService:
                 i += len(p.items)
 
     async def write_step(
-        self, question: str, steps: Sequence[str], temperature: float, seed: int, max_tokens: int
-    ) -> tuple[StepDraft, float]:
-        """The target's next step after ``steps``, and the model ms it took."""
+        self,
+        question: str,
+        steps: Sequence[str],
+        temperature: float,
+        seed: int,
+        max_tokens: int,
+        draft: str = "",
+    ) -> tuple[StepDraft, float, int]:
+        """The target's next step after ``steps``, the model ms it took and the draft tokens kept.
+
+        With greedy sampling a ``draft`` of the step is checked as token speculation: the step is
+        the same, but the target decodes only past the part of the draft it agrees with.
+        """
         if self.writer is None:
             raise RequestError("invalid", "this cloud node writes no steps (no tokenizer)")
-        self._check([(question, steps)])
+        self._check([(question, [*steps, draft])])
         writer = self.writer
-        drafts, ms, _ = await self.engine.run_model(
-            lambda: writer.propose(question, [steps], 1, temperature, seed, max_tokens or None)
-        )
+        cap = max_tokens or None
+        if draft and temperature <= 0:
+            (step, kept), ms, _ = await self.engine.run_model(
+                lambda: writer.rewrite(question, steps, draft, cap)
+            )
+        else:
+            drafts, ms, _ = await self.engine.run_model(
+                lambda: writer.propose(question, [steps], 1, temperature, seed, cap)
+            )
+            step, kept = drafts[0][0], 0
         self.counts["steps_written"] += 1
-        return drafts[0][0], ms
+        self.counts["draft_tokens_kept"] += kept
+        return step, ms, kept
+
+    async def score_and_rewrite(
+        self, question: str, steps: Sequence[str], scorer: str, below: float, start: int
+    ) -> tuple[list[float], float, int, tuple[int, StepDraft, float, int] | None]:
+        """Score one partial solution; the target rewrites its first step from ``start`` on that
+        scores below ``below``, with that step as its draft, before the reply goes out.
+
+        Returns the scores, the scoring ms and batch size, and (index, step, ms, draft tokens
+        kept) of the rewrite, or None when every step from ``start`` on passed.
+        """
+        scores, ms, batch = await self.score([(question, list(steps))], scorer)
+        low = [i for i in range(max(0, start), len(steps)) if scores[0][i] < below]
+        if not low:
+            return scores[0], ms, batch, None
+        i = low[0]
+        step, write_ms, kept = await self.write_step(question, steps[:i], 0.0, 0, 0, steps[i])
+        return scores[0], ms, batch, (i, step, write_ms, kept)

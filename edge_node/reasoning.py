@@ -1,7 +1,8 @@
 """Reasoning from the edge: step speculation and PRM-guided search as the controller.
 
 The edge drafts steps (its own drafter, and other edge nodes' through ProposeSteps); the cloud
-scores them (ScoreSteps) and writes the steps it rejects (GenerateStep). Steps travel as text.
+scores them and rewrites the first one it rejects in the same call (ScoreSteps), or writes a step
+on its own (GenerateStep). Steps travel as text.
 Search strategies are the same pure code as in a single process: they get a proposer and a scorer
 whose calls go over gRPC, and run on a worker thread with blocking stubs.
 """
@@ -264,19 +265,25 @@ class Reasoner:
 
     async def _score_prefix(
         self,
-        question: str,
+        r: pb.ReasonRequest,
         steps: list[str],
         drafts: list[StepDraft],
-        threshold: float,
         cloud: pb_grpc.CloudStub,
         acc: pb.ReasonAccount,
-    ) -> int:
-        """How many leading drafts the cloud's scorer keeps (one pass scores them all)."""
+    ) -> tuple[int, StepDraft | None]:
+        """How many leading drafts the cloud's scorer keeps (one pass scores them all), and the
+        target's rewrite of the first one it rejects, which comes back in the same call unless
+        the request asks for rewrites by token speculation from this edge."""
         usable = [d for d in drafts if d.complete and d.text]
         if not usable:
-            return 0
+            return 0, None
+        threshold = r.threshold or 0.5
         req = pb.ScoreRequest(
-            items=[pb.PartialSolution(question=question, steps=[*steps, *(d.text for d in usable)])]
+            items=[
+                pb.PartialSolution(question=r.question, steps=[*steps, *(d.text for d in usable)])
+            ],
+            rewrite_below=0.0 if r.token_speculation else threshold,
+            rewrite_from=len(steps),
         )
         reply = await cloud.ScoreSteps(req, timeout=30)
         acc.bytes_sent += req.ByteSize()
@@ -287,7 +294,11 @@ class Reasoner:
             if score < threshold:
                 break
             kept += 1
-        return kept
+        if not reply.HasField("rewrite") or reply.rewrite_index != len(steps) + kept:
+            return kept, None
+        acc.cloud_tokens += reply.rewrite.step.tokens
+        acc.cloud_draft_tokens += reply.rewrite.draft_accepted
+        return kept, draft_from_wire(reply.rewrite.step)
 
     async def _cloud_step(
         self, r: pb.ReasonRequest, steps: list[str], cloud: pb_grpc.CloudStub, acc: pb.ReasonAccount
@@ -306,10 +317,11 @@ class Reasoner:
 
         Each round drafts ``lookahead`` steps (one, as in SpecReason, by default) and scores them
         in one pass; the leading steps that pass are kept and the cloud writes the first one
-        that fails, as token speculation does with tokens.
+        that fails, as token speculation does with tokens. The cloud rewrites that step in the
+        scoring call itself, with the rejected step as its token draft, so a rejection costs no
+        extra round trip and the target decodes only past the part of the draft it agrees with.
         """
         t0 = time.perf_counter()
-        threshold = r.threshold or 0.5
         lookahead = max(1, r.lookahead)
         steps: list[str] = []
         acc = pb.ReasonAccount()
@@ -323,13 +335,13 @@ class Reasoner:
                 )
                 acc.drafted_tokens += sum(d.tokens for d in drafts)
                 acc.drafted_steps += len(drafts)
-            kept = await self._score_prefix(r.question, steps, drafts, threshold, cloud, acc)
+            kept, rewrite = await self._score_prefix(r, steps, drafts, cloud, acc)
             acc.accepted_steps += kept
             steps += [d.text for d in drafts[:kept]]
             done = kept > 0 and (steps[-1].startswith(ANSWER) or drafts[kept - 1].ended)
             if done or (drafts and kept == len(drafts)):
                 continue  # all drafts kept: draft on from there
-            step = await self._cloud_step(r, steps, cloud, acc)
+            step = rewrite or await self._cloud_step(r, steps, cloud, acc)
             if step.text:
                 steps.append(step.text)
             done = step.text.startswith(ANSWER) or step.ended or not step.text

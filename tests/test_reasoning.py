@@ -144,6 +144,27 @@ def test_proposer_writes_steps_to_the_delimiter_and_honours_its_token_cap(propos
     assert sum(d.tokens for d in capped) <= 7 and not all(d.complete for d in capped)
 
 
+def test_a_rewrite_from_any_draft_is_the_models_own_greedy_step(tok):
+    writer = LMStepProposer(load_torch("target"), tok)
+    for p in task.generate(6, task.HELDOUT_SEED + 5):
+        truth = p.solution_steps()
+        for i in (0, len(truth) - 2, len(truth) - 1):
+            steps = truth[:i]
+            want = writer.propose(p.question, [steps], 1, 0.0, seed=0)[0][0]
+            body = want.text.split()
+            drafts = {
+                want.text: len(body),  # the step itself: all of it kept
+                " ".join([*body[:-1], str((int(body[-1]) + 1) % 100)]): len(body) - 1,
+                "": 0,
+                "no such words": 0,  # outside the tokenizer: written without a draft
+                f"{want.text} ; 1 + 1 = 2": len(body),  # never read past a delimiter
+            }
+            for draft, kept in drafts.items():
+                assert writer.rewrite(p.question, steps, draft) == (want, kept)
+    capped, kept = writer.rewrite(p.question, [], truth[0], max_tokens=3)
+    assert (capped.tokens, capped.complete, kept) == (3, False, 2)
+
+
 def test_greedy_strategy_is_the_drafters_greedy_decoding(proposer):
     problems = task.generate(5, task.HELDOUT_SEED)
     results, _ = run("greedy", problems, proposer, OracleScorer())

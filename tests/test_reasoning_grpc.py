@@ -113,3 +113,51 @@ def test_lookahead_scores_several_drafted_steps_in_one_pass() -> None:
     accepted = sum(r.account.accepted_steps for r in replies)
     assert passes < accepted  # one scoring pass kept several steps
     assert counts["score_passes"] <= passes
+    # rejected lookahead drafts were rewritten inside the scoring call, from their own tokens
+    kept = sum(r.account.cloud_draft_tokens for r in replies)
+    assert 0 < kept == counts["draft_tokens_kept"]
+
+
+async def _score_and_write(calls: list[Any]) -> list[Any]:
+    tok = task.WordTokenizer()
+    cloud = await start_cloud(load_torch("target"), tok.eos_id, tokenizer=tok)
+    out: list[Any] = []
+    try:
+        async with aio_channel(cloud.address) as ch:
+            stub = pb_grpc.CloudStub(ch)
+            for method, req in calls:
+                try:
+                    out.append(await getattr(stub, method)(req, timeout=30))
+                except grpc.aio.AioRpcError as exc:
+                    out.append(exc)
+    finally:
+        await cloud.stop()
+    return out
+
+
+def test_the_scoring_call_rewrites_the_first_rejected_step_from_its_draft() -> None:
+    p = task.generate(1, task.HELDOUT_SEED + 4)[0]
+    truth = p.solution_steps()
+    wrong = truth[1].rsplit(" ", 1)[0] + f" {(p.results()[1] + 1) % 100}"
+    steps = [truth[0], wrong, *truth[2:]]
+
+    def item(s: list[str]) -> pb.PartialSolution:
+        return pb.PartialSolution(question=p.question, steps=s)
+
+    step_req = pb.StepRequest(prefix=item(truth[:1]))
+    drafted = pb.StepRequest(prefix=item(truth[:1]), draft=wrong)
+    calls = [
+        ("ScoreSteps", pb.ScoreRequest(items=[item(steps)], rewrite_below=0.5)),
+        ("ScoreSteps", pb.ScoreRequest(items=[item(steps)], rewrite_below=0.5, rewrite_from=2)),
+        ("ScoreSteps", pb.ScoreRequest(items=[item(steps)] * 2, rewrite_below=0.5)),
+        ("GenerateStep", step_req),
+        ("GenerateStep", drafted),
+    ]
+    fixed, later, two, plain, from_draft = run(_score_and_write(calls))
+    assert fixed.items[0].scores[1] < 0.5 <= fixed.items[0].scores[0]
+    assert fixed.rewrite_index == 1 and fixed.rewrite.step.text == truth[1]
+    assert fixed.rewrite.draft_accepted == len(wrong.split()) - 1  # all but the wrong result
+    assert not later.HasField("rewrite")  # steps from index 2 on are right
+    assert two.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert from_draft.step == plain.step and plain.draft_accepted == 0
+    assert from_draft.draft_accepted == len(wrong.split()) - 1

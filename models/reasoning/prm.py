@@ -79,7 +79,10 @@ class PRM(nn.Module):
         own = self.head(h) + self.likelihood_head(last)  # [B, T, 1] the step on its own
         # evidence: learned features plus how wrong the step itself looks, bounded in [0, 1]
         ev = torch.cat([torch.relu(self.evidence(h)), 1 - torch.sigmoid(own)], -1) * is_delim
-        pooled = torch.cummax(ev, dim=1).values  # [B, T, E + 1] over positions <= t
+        # running max over positions <= t, [B, T, E + 1]; as a masked max rather than cummax,
+        # which ONNX has no operator for (exact: ev >= 0, so masked zeros never win)
+        seen_by = torch.ones(t, t, dtype=ev.dtype).tril()[None, :, :, None]  # [1, T, S, 1]
+        pooled = (ev[:, None] * seen_by).amax(dim=2)
         before = F.pad(pooled, (0, 0, 1, 0))[:, :-1]  # strictly earlier positions
         out = own + self.evidence_head(before)
         return out[..., 0]

@@ -130,6 +130,50 @@ class LMStepProposer:
             for i, toks in enumerate(out)
         ]
 
+    def rewrite(
+        self, question: str, steps: Sequence[str], draft: str, max_tokens: int | None = None
+    ) -> tuple[StepDraft, int]:
+        """This model's greedy next step, using ``draft`` as token speculation.
+
+        The draft (text, so any tokenizer may have written it) is re-encoded and checked in one
+        pass: the longest prefix of it this model would have written itself is kept, and the model
+        decodes on from there. The step equals ``propose(..., temperature=0)``; only its cost
+        differs. Returns the step and how many draft tokens were kept.
+        """
+        cap = max_tokens or self.config.max_step_tokens
+        prompt = self.prompt(question, steps)
+        if len(prompt) >= self.lm.max_len:
+            return StepDraft("", 0, True, True), 0
+        try:
+            guess = self.tok.encode(draft)
+        except ValueError:  # words this model's tokenizer lacks: no speculation
+            guess = []
+        stops = [i for i, t in enumerate(guess) if t in (self.delimiter_id, self.tok.eos_id)]
+        # the draft may fill the step up to its caps and the sequence up to max_len, less one
+        # position for the token the check yields after it
+        room = min(cap, self.config.max_step_tokens, self.lm.max_len - len(prompt))
+        guess = guess[: min([room - 1, *stops])]
+        session = self.lm.session()
+        logits = session.extend([*prompt, *guess])
+        base = len(prompt) - 1
+        kept = 0
+        while kept < len(guess) and int(logits[base + kept].argmax()) == guess[kept]:
+            kept += 1
+        session.truncate(len(prompt) + kept)
+        out = guess[:kept]
+        token = int(logits[base + kept].argmax())
+        closed = ended = False
+        while True:
+            out.append(token)
+            if token == self.tok.eos_id or session.length + 1 >= self.lm.max_len:
+                closed = ended = True
+            elif token == self.delimiter_id or len(out) >= self.config.max_step_tokens:
+                closed = True
+            if closed or len(out) >= cap:
+                break
+            token = int(session.extend([token])[-1].argmax())
+        return StepDraft(self._text(out), len(out), closed, ended), kept
+
     def _text(self, tokens: list[int]) -> str:
         body = [t for t in tokens if t not in (self.delimiter_id, self.tok.eos_id)]
         return self.tok.decode(body).strip()

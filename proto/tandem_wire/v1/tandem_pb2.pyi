@@ -407,12 +407,16 @@ class PartialSolution(_message.Message):
     def __init__(self, question: _Optional[str] = ..., steps: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("items", "scorer")
+    __slots__ = ("items", "scorer", "rewrite_below", "rewrite_from")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     SCORER_FIELD_NUMBER: _ClassVar[int]
+    REWRITE_BELOW_FIELD_NUMBER: _ClassVar[int]
+    REWRITE_FROM_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[PartialSolution]
     scorer: str
-    def __init__(self, items: _Optional[_Iterable[_Union[PartialSolution, _Mapping]]] = ..., scorer: _Optional[str] = ...) -> None: ...
+    rewrite_below: float
+    rewrite_from: int
+    def __init__(self, items: _Optional[_Iterable[_Union[PartialSolution, _Mapping]]] = ..., scorer: _Optional[str] = ..., rewrite_below: _Optional[float] = ..., rewrite_from: _Optional[int] = ...) -> None: ...
 
 class StepScores(_message.Message):
     __slots__ = ("scores",)
@@ -421,26 +425,32 @@ class StepScores(_message.Message):
     def __init__(self, scores: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ScoreReply(_message.Message):
-    __slots__ = ("items", "model_ms", "batch_size")
+    __slots__ = ("items", "model_ms", "batch_size", "rewrite", "rewrite_index")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_MS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    REWRITE_FIELD_NUMBER: _ClassVar[int]
+    REWRITE_INDEX_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[StepScores]
     model_ms: float
     batch_size: int
-    def __init__(self, items: _Optional[_Iterable[_Union[StepScores, _Mapping]]] = ..., model_ms: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    rewrite: StepReply
+    rewrite_index: int
+    def __init__(self, items: _Optional[_Iterable[_Union[StepScores, _Mapping]]] = ..., model_ms: _Optional[float] = ..., batch_size: _Optional[int] = ..., rewrite: _Optional[_Union[StepReply, _Mapping]] = ..., rewrite_index: _Optional[int] = ...) -> None: ...
 
 class StepRequest(_message.Message):
-    __slots__ = ("prefix", "sampling", "max_tokens", "delimiter")
+    __slots__ = ("prefix", "sampling", "max_tokens", "delimiter", "draft")
     PREFIX_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DELIMITER_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_FIELD_NUMBER: _ClassVar[int]
     prefix: PartialSolution
     sampling: Sampling
     max_tokens: int
     delimiter: str
-    def __init__(self, prefix: _Optional[_Union[PartialSolution, _Mapping]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., max_tokens: _Optional[int] = ..., delimiter: _Optional[str] = ...) -> None: ...
+    draft: str
+    def __init__(self, prefix: _Optional[_Union[PartialSolution, _Mapping]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., max_tokens: _Optional[int] = ..., delimiter: _Optional[str] = ..., draft: _Optional[str] = ...) -> None: ...
 
 class StepDraftMsg(_message.Message):
     __slots__ = ("text", "tokens", "complete", "ended")
@@ -455,12 +465,14 @@ class StepDraftMsg(_message.Message):
     def __init__(self, text: _Optional[str] = ..., tokens: _Optional[int] = ..., complete: _Optional[bool] = ..., ended: _Optional[bool] = ...) -> None: ...
 
 class StepReply(_message.Message):
-    __slots__ = ("step", "model_ms")
+    __slots__ = ("step", "model_ms", "draft_accepted")
     STEP_FIELD_NUMBER: _ClassVar[int]
     MODEL_MS_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     step: StepDraftMsg
     model_ms: float
-    def __init__(self, step: _Optional[_Union[StepDraftMsg, _Mapping]] = ..., model_ms: _Optional[float] = ...) -> None: ...
+    draft_accepted: int
+    def __init__(self, step: _Optional[_Union[StepDraftMsg, _Mapping]] = ..., model_ms: _Optional[float] = ..., draft_accepted: _Optional[int] = ...) -> None: ...
 
 class SolveRequest(_message.Message):
     __slots__ = ("request_id", "prompt", "sampling", "mode", "max_new_tokens", "draft_length", "k_policy", "objective", "quality_floor", "cost_weight")
@@ -601,7 +613,7 @@ class ReasonRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., question: _Optional[str] = ..., strategy: _Optional[str] = ..., n: _Optional[int] = ..., m: _Optional[int] = ..., threshold: _Optional[float] = ..., first_cloud_steps: _Optional[int] = ..., token_budget: _Optional[int] = ..., score_budget: _Optional[int] = ..., seed: _Optional[int] = ..., token_speculation: _Optional[bool] = ..., lookahead: _Optional[int] = ...) -> None: ...
 
 class ReasonAccount(_message.Message):
-    __slots__ = ("drafted_tokens", "drafted_steps", "accepted_steps", "scorer_calls", "cloud_tokens", "bytes_sent", "bytes_received", "wall_s")
+    __slots__ = ("drafted_tokens", "drafted_steps", "accepted_steps", "scorer_calls", "cloud_tokens", "bytes_sent", "bytes_received", "wall_s", "cloud_draft_tokens")
     DRAFTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DRAFTED_STEPS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -610,6 +622,7 @@ class ReasonAccount(_message.Message):
     BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
     BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     WALL_S_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     drafted_tokens: int
     drafted_steps: int
     accepted_steps: int
@@ -618,7 +631,8 @@ class ReasonAccount(_message.Message):
     bytes_sent: int
     bytes_received: int
     wall_s: float
-    def __init__(self, drafted_tokens: _Optional[int] = ..., drafted_steps: _Optional[int] = ..., accepted_steps: _Optional[int] = ..., scorer_calls: _Optional[int] = ..., cloud_tokens: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., wall_s: _Optional[float] = ...) -> None: ...
+    cloud_draft_tokens: int
+    def __init__(self, drafted_tokens: _Optional[int] = ..., drafted_steps: _Optional[int] = ..., accepted_steps: _Optional[int] = ..., scorer_calls: _Optional[int] = ..., cloud_tokens: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., wall_s: _Optional[float] = ..., cloud_draft_tokens: _Optional[int] = ...) -> None: ...
 
 class ReasonReply(_message.Message):
     __slots__ = ("request_id", "answer", "steps", "text", "account")
