@@ -158,11 +158,14 @@ class CloudServicer(pb_grpc.CloudServicer):
             if request.rewrite_below > 0:
                 if len(items) != 1:
                     raise RequestError("invalid", "rewrite_below: one item per call")
-                scores, ms, batch, rewrite = await self.steps.score_and_rewrite(
+                scores, ms, batch, confirmed, rewrite = await self.steps.score_and_rewrite(
                     *items[0], request.scorer, request.rewrite_below, request.rewrite_from
                 )
                 reply = pb.ScoreReply(
-                    items=[pb.StepScores(scores=scores)], model_ms=ms, batch_size=batch
+                    items=[pb.StepScores(scores=scores)],
+                    model_ms=ms,
+                    batch_size=batch,
+                    confirmed_steps=confirmed,
                 )
                 if rewrite is not None:
                     index, step, write_ms, kept = rewrite

@@ -157,17 +157,24 @@ class StepService:
 
     async def score_and_rewrite(
         self, question: str, steps: Sequence[str], scorer: str, below: float, start: int
-    ) -> tuple[list[float], float, int, tuple[int, StepDraft, float, int] | None]:
-        """Score one partial solution; the target rewrites its first step from ``start`` on that
-        scores below ``below``, with that step as its draft, before the reply goes out.
+    ) -> tuple[list[float], float, int, int, tuple[int, StepDraft, float, int] | None]:
+        """Score one partial solution, then walk its steps from ``start`` on: the target rewrites
+        each step scoring below ``below``, with that step as its draft, before the reply goes out.
 
-        Returns the scores, the scoring ms and batch size, and (index, step, ms, draft tokens
-        kept) of the rewrite, or None when every step from ``start`` on passed.
+        A rewrite that comes out the same as the draft was a false alarm of the scorer: the step
+        stays and the walk goes on, since the later steps' scores were made after that same text.
+        The first rewrite that differs ends the walk.
+
+        Returns the scores, the scoring ms and batch size, how many steps the target confirmed,
+        and (index, step, ms, draft tokens kept) of the rewrite, or None when no step changed.
         """
         scores, ms, batch = await self.score([(question, list(steps))], scorer)
-        low = [i for i in range(max(0, start), len(steps)) if scores[0][i] < below]
-        if not low:
-            return scores[0], ms, batch, None
-        i = low[0]
-        step, write_ms, kept = await self.write_step(question, steps[:i], 0.0, 0, 0, steps[i])
-        return scores[0], ms, batch, (i, step, write_ms, kept)
+        confirmed = 0
+        for i in range(max(0, start), len(steps)):
+            if scores[0][i] >= below:
+                continue
+            step, write_ms, kept = await self.write_step(question, steps[:i], 0.0, 0, 0, steps[i])
+            if step.text != steps[i]:
+                return scores[0], ms, batch, confirmed, (i, step, write_ms, kept)
+            confirmed += 1
+        return scores[0], ms, batch, confirmed, None

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import takewhile
 
 import grpc
 
@@ -274,7 +275,7 @@ class Reasoner:
         """How many leading drafts the cloud's scorer keeps (one pass scores them all), and the
         target's rewrite of the first one it rejects, which comes back in the same call unless
         the request asks for rewrites by token speculation from this edge."""
-        usable = [d for d in drafts if d.complete and d.text]
+        usable = list(takewhile(lambda d: d.complete and bool(d.text), drafts))
         if not usable:
             return 0, None
         threshold = r.threshold or 0.5
@@ -289,16 +290,20 @@ class Reasoner:
         acc.bytes_sent += req.ByteSize()
         acc.bytes_received += reply.ByteSize()
         acc.scorer_calls += 1
+        if req.rewrite_below > 0:  # the cloud walked the steps: its rewrite index decides
+            acc.confirmed_steps += reply.confirmed_steps
+            if not reply.HasField("rewrite"):
+                return len(usable), None
+            acc.cloud_tokens += reply.rewrite.step.tokens
+            acc.cloud_draft_tokens += reply.rewrite.draft_accepted
+            kept = min(max(0, reply.rewrite_index - len(steps)), len(usable))
+            return kept, draft_from_wire(reply.rewrite.step)
         kept = 0
         for score in list(reply.items[0].scores)[len(steps) :]:
             if score < threshold:
                 break
             kept += 1
-        if not reply.HasField("rewrite") or reply.rewrite_index != len(steps) + kept:
-            return kept, None
-        acc.cloud_tokens += reply.rewrite.step.tokens
-        acc.cloud_draft_tokens += reply.rewrite.draft_accepted
-        return kept, draft_from_wire(reply.rewrite.step)
+        return kept, None
 
     async def _cloud_step(
         self, r: pb.ReasonRequest, steps: list[str], cloud: pb_grpc.CloudStub, acc: pb.ReasonAccount

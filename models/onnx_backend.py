@@ -53,6 +53,19 @@ class OnnxShape:
         )
 
 
+def inference_session(path: Path, threads: int = 1) -> ort.InferenceSession:
+    """A CPU session over one graph, with ``threads`` intra-op threads.
+
+    One thread by default: an edge shares its cores with the agent loop and the network, and a
+    cloud node with its other models.
+    """
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
 def _causal_mask(past: int, new: int) -> np.ndarray:
     """[new, past + new] bool: every cached key, and new keys up to the token itself."""
     m = np.ones((new, past + new), dtype=bool)
@@ -84,12 +97,7 @@ class OnnxLM:
         self.name = name or path.stem
         self.vocab_size = self.shape.vocab_size
         self.max_len = self.shape.max_len
-        opts = ort.SessionOptions()
-        # One thread by default: the edge shares its cores with the agent loop and the network.
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.ort = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.ort = inference_session(path, threads)
 
     def session(self) -> OnnxSession:
         """A fresh, empty session."""
@@ -240,7 +248,7 @@ def _check_empty_past(module: TinyLM, path: Path) -> None:
         raise RuntimeError(f"exported {path} disagrees with torch for an empty past")
 
 
-def _model_dir(name_or_path: str | Path) -> Path:
+def model_dir(name_or_path: str | Path) -> Path:
     p = Path(name_or_path)
     if p.is_dir():
         return p
@@ -261,7 +269,7 @@ def load_onnx(name_or_path: str | Path, int8: bool = True, threads: int = 1) -> 
         if not p.is_file():
             raise FileNotFoundError(f"no ONNX file at {p}")
         return OnnxLM(p, name=p.stem, threads=threads)
-    d = _model_dir(name_or_path)
+    d = model_dir(name_or_path)
     f = d / ("model.int8.onnx" if int8 else "model.onnx")
     if not f.is_file():
         raise FileNotFoundError(

@@ -35,11 +35,31 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from models.onnx_backend import export_checkpoint
+    if args.checkpoint == "prm" or _is_prm(Path(args.checkpoint)):
+        import torch
 
-    path = export_checkpoint(args.checkpoint, int8=not args.fp32)
+        from models.reasoning.prm import export_prm_onnx, load_prm
+        from models.torch_backend import resolve_checkpoint
+
+        torch.set_num_threads(1)
+        path = export_prm_onnx(load_prm(args.checkpoint), resolve_checkpoint(args.checkpoint))
+    else:
+        from models.onnx_backend import export_checkpoint
+
+        path = export_checkpoint(args.checkpoint, int8=not args.fp32)
     print(f"exported {path}")
     return 0
+
+
+def _is_prm(directory: Path) -> bool:
+    """Whether a checkpoint directory holds a PRM (its weights have the step head)."""
+    from safetensors import safe_open
+
+    weights = directory / "model.safetensors"
+    if not weights.is_file():
+        return False
+    with safe_open(str(weights), "np") as f:
+        return "head.weight" in f.keys()
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -146,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--onnx", action="store_true", help="also export the drafter to ONNX int8")
     t.set_defaults(fn=_train)
 
-    e = sub.add_parser("export-onnx", help="export a checkpoint to ONNX (int8 by default)")
+    e = sub.add_parser(
+        "export-onnx", help="export a checkpoint to ONNX (an LM: int8 by default; the PRM: fp32)"
+    )
     e.add_argument("checkpoint", nargs="?", default="drafter")
     e.add_argument("--fp32", action="store_true", help="skip int8 quantization")
     e.set_defaults(fn=_export)

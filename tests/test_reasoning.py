@@ -96,6 +96,49 @@ def test_prm_scores_steps_past_its_window_as_wrong(prm_scorer):
     assert len(scores) == len(steps) and scores[-1] == 0.0 and scores[0] > 0.5
 
 
+def test_the_onnx_prm_scores_like_the_torch_prm_on_heldout_drafts():
+    onnx, torch_ = PRMScorer(backend="onnx"), PRMScorer(backend="torch")
+    assert (PRMScorer().backend, onnx.backend, torch_.backend) == ("onnx", "onnx", "torch")
+    examples = heldout_examples(load_module("drafter"), 64, seed=2)
+    items = [(e.question, e.steps) for e in examples]
+    got, want = onnx.score_batch(items), torch_.score_batch(items)
+    assert [len(r) for r in got] == [len(r) for r in want]
+    assert np.allclose(np.concatenate(got), np.concatenate(want), atol=1e-5)
+    one = items[3]
+    assert np.allclose(onnx.score(*one), want[3], atol=1e-5)  # unpadded row, same scores
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_prm_scores_steps_in_unknown_words_as_wrong_without_failing_the_pass(backend):
+    scorer = PRMScorer(backend=backend)
+    p = task.generate(1, task.HELDOUT_SEED)[0]
+    truth = p.solution_steps()
+    clean = scorer.score(p.question, truth)
+    foreign = scorer.score_batch(
+        [(p.question, [*truth[:2], "the cat sat", *truth[2:]]), ("what is this", truth[:2])]
+    )
+    assert np.allclose(foreign[0][:2], clean[:2], atol=1e-6)
+    assert foreign[0][2:] == [0.0] * (len(truth) - 1)  # that step and every later one
+    assert foreign[1] == [0.0, 0.0]
+
+
+def test_a_prm_export_is_checked_against_torch_and_loads_without_torch(tmp_path):
+    from models.reasoning.prm import export_prm_onnx
+    from models.reasoning.prm_onnx import OnnxPRM
+
+    path = export_prm_onnx(load_prm(), tmp_path)
+    p = task.generate(1, task.HELDOUT_SEED)[0]
+    want = PRMScorer(backend="torch").score(p.question, p.solution_steps())
+    assert np.allclose(
+        OnnxPRM.load(tmp_path).step_probs([(p.question, p.solution_steps())])[0], want, atol=1e-5
+    )
+    assert OnnxPRM.load(path).path == path
+    with pytest.raises(FileNotFoundError, match="export-onnx prm"):
+        OnnxPRM.load(tmp_path / "missing.onnx")
+    with pytest.raises(ValueError, match="backend"):
+        PRMScorer(backend="tpu")
+
+
 def test_oracle_scorer_parses_questions_and_labels_like_the_checker():
     p = task.Problem(17, (("+", 5), ("*", 3), ("-", 4)))
     assert parse_question(p.question) == p
@@ -257,7 +300,12 @@ def test_early_rejection_stops_drafting_wrong_branches():
 
 def test_search_code_imports_without_torch():
     # the edge runs strategies over onnxruntime drafters and has no torch installed
-    code = "import sys, models.reasoning.strategies; assert 'torch' not in sys.modules"
+    code = (
+        "import sys, models.reasoning.strategies, models.reasoning.prm_onnx;"
+        "from models.reasoning.scorers import PRMScorer;"
+        "PRMScorer().score('Q 1 + 2 ?', ['1 + 2 = 3']);"
+        "assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from models import task
 from models.reasoning.prm_data import Example, build_examples, label, sample_solutions
+from models.reasoning.prm_onnx import gather_probs, pad_rows
 from models.torch_backend import CHECKPOINT_DIR, load_module, resolve_checkpoint
 from models.transformer import ModelConfig, TinyLM
 
@@ -88,34 +89,12 @@ class PRM(nn.Module):
         return out[..., 0]
 
 
-def encode(
-    tok: task.WordTokenizer, question: str, steps: Sequence[str]
-) -> tuple[list[int], list[int]]:
-    """Token ids in the PRM layout and the delimiter position that scores each step."""
-    delim = tok.encode(task.STEP_DELIMITER)[0]
-    ids, where = [tok.bos_id, *tok.encode(question)], []
-    for step in steps:
-        ids.extend(tok.encode(step))
-        ids.append(delim)
-        where.append(len(ids) - 1)
-    return ids, where
-
-
 def pad_batch(
     tok: task.WordTokenizer, rows: Sequence[tuple[str, Sequence[str]]], max_len: int
 ) -> tuple[torch.Tensor, list[list[int]]]:
-    """Right-padded ids [B, T] and each row's scoring positions.
-
-    Rows are cut at ``max_len``; steps whose delimiter falls past it get no position (no
-    solution of the task is that long, so callers score them as wrong).
-    """
-    encoded = [encode(tok, q, s) for q, s in rows]
-    longest = min(max_len, max((len(ids) for ids, _ in encoded), default=1))
-    ids = torch.full((len(rows), longest), tok.pad_id, dtype=torch.long)
-    for i, (r, _) in enumerate(encoded):
-        r = r[:max_len]
-        ids[i, : len(r)] = torch.tensor(r)
-    return ids, [[w for w in where if w < max_len] for _, where in encoded]
+    """Right-padded ids [B, T] and each row's scoring positions (``prm_onnx.pad_rows``)."""
+    ids, where = pad_rows(tok, rows, max_len)
+    return torch.from_numpy(ids), where
 
 
 @torch.inference_mode()
@@ -128,10 +107,46 @@ def step_probs(
     for start in range(0, len(rows), chunk):
         part = rows[start : start + chunk]
         ids, where = pad_batch(tok, part, prm.cfg.max_len)
-        p = torch.sigmoid(prm(ids))
-        for i, (w, (_, steps)) in enumerate(zip(where, part, strict=True)):
-            out.append(p[i, w].tolist() + [0.0] * (len(steps) - len(w)))
+        out += gather_probs(torch.sigmoid(prm(ids)).numpy(), where, part)
     return out
+
+
+def export_prm_onnx(prm: PRM, directory: Path) -> Path:
+    """Write ``directory``/model.onnx (fp32, batch and length dynamic) and check it against torch.
+
+    fp32 rather than int8: the scores are the product here, and at one row per call the time
+    goes to operator overhead, not to the matrix products int8 would shrink.
+    """
+    import warnings
+
+    from models.reasoning.prm_onnx import ONNX_FILE, OnnxPRM
+
+    path = Path(directory) / ONNX_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prm.cfg.save(path.parent / "config.json")
+    prm = prm.eval()
+    example = torch.randint(0, prm.cfg.vocab_size, (2, 7))  # sizes > 1: nothing specialized
+    dim = torch.export.Dim
+    dynamic = {"input_ids": {0: dim("batch"), 1: dim("length", max=prm.cfg.max_len)}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter is chatty about axis renames
+        torch.onnx.export(
+            prm,
+            (example,),
+            str(path),
+            input_names=["input_ids"],
+            output_names=["step_logits"],
+            dynamic_shapes=dynamic,
+            external_data=False,
+            dynamo=True,
+            verbose=False,
+        )
+    rows = [(p.question, p.solution_steps()) for p in task.generate(8, task.HELDOUT_SEED)]
+    rows += [(q, s[:1]) for q, s in rows]  # rows of different lengths: padding exercised
+    want, got = step_probs(prm, rows), OnnxPRM(path).step_probs(rows)
+    if not np.allclose(np.concatenate(want), np.concatenate(got), atol=1e-5):
+        raise RuntimeError(f"exported {path} disagrees with the torch PRM")
+    return path
 
 
 def roc_auc(labels: Sequence[bool], scores: Sequence[float]) -> float:
@@ -244,11 +259,12 @@ def train_prm(
 
 
 def save_prm(prm: PRM, directory: Path) -> None:
-    """config.json + model.safetensors (fp32) into ``directory``."""
+    """config.json, model.safetensors and its ONNX graph model.onnx (fp32) into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     prm.cfg.save(directory / "config.json")
     state = {k: v.detach().contiguous() for k, v in prm.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"))
+    export_prm_onnx(prm, directory)
 
 
 def load_prm(name_or_path: str | Path = PRM_DIR) -> PRM:

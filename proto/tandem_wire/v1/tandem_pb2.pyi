@@ -425,18 +425,20 @@ class StepScores(_message.Message):
     def __init__(self, scores: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ScoreReply(_message.Message):
-    __slots__ = ("items", "model_ms", "batch_size", "rewrite", "rewrite_index")
+    __slots__ = ("items", "model_ms", "batch_size", "rewrite", "rewrite_index", "confirmed_steps")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_MS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     REWRITE_FIELD_NUMBER: _ClassVar[int]
     REWRITE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMED_STEPS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[StepScores]
     model_ms: float
     batch_size: int
     rewrite: StepReply
     rewrite_index: int
-    def __init__(self, items: _Optional[_Iterable[_Union[StepScores, _Mapping]]] = ..., model_ms: _Optional[float] = ..., batch_size: _Optional[int] = ..., rewrite: _Optional[_Union[StepReply, _Mapping]] = ..., rewrite_index: _Optional[int] = ...) -> None: ...
+    confirmed_steps: int
+    def __init__(self, items: _Optional[_Iterable[_Union[StepScores, _Mapping]]] = ..., model_ms: _Optional[float] = ..., batch_size: _Optional[int] = ..., rewrite: _Optional[_Union[StepReply, _Mapping]] = ..., rewrite_index: _Optional[int] = ..., confirmed_steps: _Optional[int] = ...) -> None: ...
 
 class StepRequest(_message.Message):
     __slots__ = ("prefix", "sampling", "max_tokens", "delimiter", "draft")
@@ -613,7 +615,7 @@ class ReasonRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., question: _Optional[str] = ..., strategy: _Optional[str] = ..., n: _Optional[int] = ..., m: _Optional[int] = ..., threshold: _Optional[float] = ..., first_cloud_steps: _Optional[int] = ..., token_budget: _Optional[int] = ..., score_budget: _Optional[int] = ..., seed: _Optional[int] = ..., token_speculation: _Optional[bool] = ..., lookahead: _Optional[int] = ...) -> None: ...
 
 class ReasonAccount(_message.Message):
-    __slots__ = ("drafted_tokens", "drafted_steps", "accepted_steps", "scorer_calls", "cloud_tokens", "bytes_sent", "bytes_received", "wall_s", "cloud_draft_tokens")
+    __slots__ = ("drafted_tokens", "drafted_steps", "accepted_steps", "scorer_calls", "cloud_tokens", "bytes_sent", "bytes_received", "wall_s", "cloud_draft_tokens", "confirmed_steps")
     DRAFTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DRAFTED_STEPS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -623,6 +625,7 @@ class ReasonAccount(_message.Message):
     BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     WALL_S_FIELD_NUMBER: _ClassVar[int]
     CLOUD_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMED_STEPS_FIELD_NUMBER: _ClassVar[int]
     drafted_tokens: int
     drafted_steps: int
     accepted_steps: int
@@ -632,7 +635,8 @@ class ReasonAccount(_message.Message):
     bytes_received: int
     wall_s: float
     cloud_draft_tokens: int
-    def __init__(self, drafted_tokens: _Optional[int] = ..., drafted_steps: _Optional[int] = ..., accepted_steps: _Optional[int] = ..., scorer_calls: _Optional[int] = ..., cloud_tokens: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., wall_s: _Optional[float] = ..., cloud_draft_tokens: _Optional[int] = ...) -> None: ...
+    confirmed_steps: int
+    def __init__(self, drafted_tokens: _Optional[int] = ..., drafted_steps: _Optional[int] = ..., accepted_steps: _Optional[int] = ..., scorer_calls: _Optional[int] = ..., cloud_tokens: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., wall_s: _Optional[float] = ..., cloud_draft_tokens: _Optional[int] = ..., confirmed_steps: _Optional[int] = ...) -> None: ...
 
 class ReasonReply(_message.Message):
     __slots__ = ("request_id", "answer", "steps", "text", "account")
