@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
+from dataclasses import replace
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
+import torch
 
 from cloud_node.node import start_cloud
 from edge_node.node import EdgeNodeConfig, start_edge
 from models import task
-from models.torch_backend import load_torch
+from models.reasoning.proposer import LMStepProposer
+from models.torch_backend import TorchLM, load_module, load_torch
+from models.transformer import TinyLM
 from tandem_wire.serving import aio_channel
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
@@ -22,11 +27,18 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(asyncio.wait_for(coro, 120))
 
 
-async def _reason(requests: list[pb.ReasonRequest], peers: int = 0) -> list[Any]:
+async def _reason(
+    requests: list[pb.ReasonRequest], peers: int = 0, drafter: tuple[Any, Any] | None = None
+) -> list[Any]:
+    """Replies (or errors), the cloud's step counters and the edges' rejection counts.
+
+    ``drafter``: the edges' (model, tokenizer); the bundled drafter by default.
+    """
     tok = task.WordTokenizer()
     cloud = await start_cloud(load_torch("target"), tok.eos_id, tokenizer=tok)
+    lm, edge_tok = drafter or (load_torch("drafter"), tok)
     edges = [
-        await start_edge(load_torch("drafter"), tok, EdgeNodeConfig(clouds=(cloud.address,)))
+        await start_edge(lm, edge_tok, EdgeNodeConfig(clouds=(cloud.address,)))
         for _ in range(1 + peers)
     ]
     edges[0].servicer.clouds.peer_edges = [e.address for e in edges[1:]]
@@ -168,3 +180,61 @@ def test_the_scoring_call_rewrites_the_first_rejected_step_from_its_draft() -> N
     assert two.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert from_draft.step == plain.step and plain.draft_accepted == 0
     assert from_draft.draft_accepted == len(wrong.split()) - 1
+
+
+class RespelledTokenizer:
+    """The task's words under other ids, plus words the task never uses: 128 ids, not 111."""
+
+    def __init__(self, seed: int = 0) -> None:
+        words = [*task.WordTokenizer().vocab, *(f"unused{i}" for i in range(17))]
+        self.vocab = [words[i] for i in np.random.default_rng(seed).permutation(len(words))]
+        self.ids = {w: i for i, w in enumerate(self.vocab)}
+        self.pad_id, self.bos_id, self.eos_id = (self.ids[w] for w in task.SPECIAL)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, text: str) -> list[int]:
+        return [self.ids[w] for w in text.split()]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        special = (self.pad_id, self.bos_id, self.eos_id)
+        return " ".join(self.vocab[i] for i in ids if i not in special)
+
+
+def respelled_drafter(tok: RespelledTokenizer) -> TorchLM:
+    """The bundled drafter's weights re-indexed to ``tok``: a checkpoint with its own vocabulary.
+
+    The embedding (tied to the output head) is permuted and grown; rows of unused words are zero,
+    so their logit is 0 and never the argmax of this trained model.
+    """
+    base, module = task.WordTokenizer(), load_module("drafter")
+    state = module.state_dict()
+    table = torch.zeros(tok.vocab_size, module.cfg.d_model)
+    for word, i in zip(base.vocab, range(base.vocab_size), strict=True):
+        table[tok.ids[word]] = state["tok.weight"][i]
+    state["tok.weight"] = table
+    respelled = TinyLM(replace(module.cfg, vocab_size=tok.vocab_size))
+    respelled.load_state_dict(state)
+    return TorchLM(respelled, name="drafter-respelled")
+
+
+def test_steps_travel_as_text_between_models_with_different_vocabularies() -> None:
+    tok, base = RespelledTokenizer(), task.WordTokenizer()
+    drafter = respelled_drafter(tok)
+    problems = task.generate(8, task.HELDOUT_SEED + 6)
+    q = problems[0].question
+    assert tok.encode(q) != base.encode(q) and drafter.vocab_size != base.vocab_size
+    ours = LMStepProposer(drafter, tok).propose(q, [[]], 1, 0.0, seed=0)
+    assert ours == LMStepProposer(load_torch("drafter"), base).propose(q, [[]], 1, 0.0, seed=0)
+    reqs = [
+        pb.ReasonRequest(question=p.question, strategy="specreason", threshold=0.4, lookahead=16)
+        for p in problems
+    ] + [pb.ReasonRequest(question=problems[1].question, strategy="best_of_n", n=4)]
+    *replies, counts, rejected = run(_reason(reqs, peers=1, drafter=(drafter, tok)))
+    spec = replies[:-1]
+    assert sum(task.is_correct(p, r.text) for p, r in zip(problems, spec, strict=True)) >= 7
+    assert sum(r.account.accepted_steps for r in spec) > 0  # the edge's text, read by the cloud
+    assert sum(r.account.cloud_draft_tokens for r in spec) > 0  # and re-encoded to draft from
+    assert replies[-1].answer and rejected == [0, 0]
