@@ -274,7 +274,7 @@ class Reasoner:
     ) -> tuple[int, StepDraft | None]:
         """How many leading drafts the cloud's scorer keeps (one pass scores them all), and the
         target's rewrite of the first one it rejects, which comes back in the same call unless
-        the request asks for rewrites by token speculation from this edge."""
+        the request asks for the rewrite apart (``token_speculation``, ``separate_rewrite``)."""
         usable = list(takewhile(lambda d: d.complete and bool(d.text), drafts))
         if not usable:
             return 0, None
@@ -283,7 +283,7 @@ class Reasoner:
             items=[
                 pb.PartialSolution(question=r.question, steps=[*steps, *(d.text for d in usable)])
             ],
-            rewrite_below=0.0 if r.token_speculation else threshold,
+            rewrite_below=0.0 if r.token_speculation or r.separate_rewrite else threshold,
             rewrite_from=len(steps),
         )
         reply = await cloud.ScoreSteps(req, timeout=30)

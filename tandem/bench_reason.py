@@ -56,34 +56,50 @@ class ReasonBenchConfig:
         return (1, 4, 16) if self.quick else (1, 2, 4, 8, 16, 32, 64)
 
 
+def spec_variants(cfg: ReasonBenchConfig) -> dict[str, dict[str, Any]]:
+    """Step speculation settings timed on the same problems; the first is the reported one."""
+    return {
+        "specreason": {"lookahead": cfg.lookahead},
+        # the rejected step written in a second call, from scratch: the scheme before the
+        # rewrite moved into the scoring call
+        "separate_rewrite": {"lookahead": cfg.lookahead, "separate_rewrite": True},
+        "one_step_per_round": {"lookahead": 1},  # SpecReason's scheme
+    }
+
+
 async def _specreason(
     edge: str, problems: list[task.Problem], cfg: ReasonBenchConfig
-) -> dict[str, float]:
-    out = {"spec_s": 0.0, "cloud_s": 0.0, "spec_ok": 0, "cloud_ok": 0, "drafted": 0, "accepted": 0}
+) -> dict[str, dict[str, float]]:
+    """Wall time, right answers and drafted/accepted steps per variant and for cloud-only.
+
+    Each problem runs every variant and then cloud-only, so slow spells of the machine fall on
+    all of them alike.
+    """
+    variants = spec_variants(cfg)
+    zero = {"s": 0.0, "ok": 0, "drafted": 0, "accepted": 0, "confirmed": 0}
+    out = {name: dict(zero) for name in [*variants, "cloud_only"]}
     async with aio_channel(edge) as ch:
         stub = pb_grpc.EdgeStub(ch)
-        for p in tqdm(problems, desc="specreason vs cloud-only", leave=False):
-            t0 = time.perf_counter()
-            r = await stub.Reason(
-                pb.ReasonRequest(
-                    question=p.question,
-                    strategy="specreason",
-                    threshold=cfg.threshold,
-                    lookahead=cfg.lookahead,
-                ),
-                timeout=60,
-            )
-            out["spec_s"] += time.perf_counter() - t0
+        for p in tqdm(problems, desc="step speculation vs cloud-only", leave=False):
+            for name, extra in variants.items():
+                req = pb.ReasonRequest(
+                    question=p.question, strategy="specreason", threshold=cfg.threshold, **extra
+                )
+                t0 = time.perf_counter()
+                r = await stub.Reason(req, timeout=60)
+                o = out[name]
+                o["s"] += time.perf_counter() - t0
+                o["ok"] += task.is_correct(p, r.text)
+                o["drafted"] += r.account.drafted_steps
+                o["accepted"] += r.account.accepted_steps
+                o["confirmed"] += r.account.confirmed_steps
             t0 = time.perf_counter()
             c = await stub.Solve(
                 pb.SolveRequest(prompt=p.question, mode=pb.MODE_CLOUD_ONLY, max_new_tokens=48),
                 timeout=60,
             )
-            out["cloud_s"] += time.perf_counter() - t0
-            out["spec_ok"] += task.is_correct(p, r.text)
-            out["cloud_ok"] += task.is_correct(p, c.text)
-            out["drafted"] += r.account.drafted_steps
-            out["accepted"] += r.account.accepted_steps
+            out["cloud_only"]["s"] += time.perf_counter() - t0
+            out["cloud_only"]["ok"] += task.is_correct(p, c.text)
     return out
 
 
@@ -135,6 +151,18 @@ def run_reason_bench(cfg: ReasonBenchConfig) -> dict[str, Any]:
         search = asyncio.run(_search(edges[0].address, search_problems, cfg.budgets))
         target_acc = asyncio.run(_target_accuracy(edges[0].address, search_problems))
     k = len(spec_problems)
+    cloud = spec.pop("cloud_only")
+    variants = {
+        name: {
+            "latency_ratio": v["s"] / cloud["s"],
+            "accuracy": v["ok"] / k,
+            "ms_per_problem": v["s"] / k * 1e3,
+            "step_acceptance": v["accepted"] / max(v["drafted"], 1),
+            "confirmed_steps": v["confirmed"],
+        }
+        for name, v in spec.items()
+    }
+    main = spec["specreason"]
     greedy = search["greedy"][1]["accuracy"]
     level = min(max(v["accuracy"] for v in search[s].values()) for s in ("a_star", "best_of_n"))
     a_star, bon = (_passes_to_reach(search[s], level) for s in ("a_star", "best_of_n"))
@@ -152,11 +180,13 @@ def run_reason_bench(cfg: ReasonBenchConfig) -> dict[str, Any]:
             "lookahead": cfg.lookahead,
             "budgets": list(cfg.budgets),
         },
-        "specreason_latency_ratio": spec["spec_s"] / spec["cloud_s"],
-        "specreason_accuracy_delta": (spec["spec_ok"] - spec["cloud_ok"]) / k,
-        "specreason_accuracy": spec["spec_ok"] / k,
-        "cloud_only_accuracy": spec["cloud_ok"] / k,
-        "step_acceptance": spec["accepted"] / max(spec["drafted"], 1),
+        "specreason_latency_ratio": main["s"] / cloud["s"],
+        "specreason_accuracy_delta": (main["ok"] - cloud["ok"]) / k,
+        "specreason_accuracy": main["ok"] / k,
+        "cloud_only_accuracy": cloud["ok"] / k,
+        "cloud_only_ms_per_problem": cloud["s"] / k * 1e3,
+        "step_acceptance": main["accepted"] / max(main["drafted"], 1),
+        "specreason_variants": variants,
         "astar_prm_pass_ratio": (a_star / bon) if a_star and bon else None,
         "astar_vs_bon_accuracy_level": level,
         "search_gain_over_drafter": max(at16.values()) - greedy if at16 else None,
@@ -166,7 +196,7 @@ def run_reason_bench(cfg: ReasonBenchConfig) -> dict[str, Any]:
         "search": {s: {str(n): v for n, v in c.items()} for s, c in search.items()},
     }
     _print(report, search)
-    _plot(search, greedy, target_acc, cfg)
+    _plot(search, greedy, target_acc, variants, cfg)
     return report
 
 
@@ -187,6 +217,9 @@ def _print(report: dict[str, Any], search: dict[str, Any]) -> None:
     budgets = sorted({n for c in search.values() for n in c})
     print_table("strategy", rows, [str(n) for n in budgets])
     print()
+    variants = report["specreason_variants"]
+    print_table("step speculation", variants, list(next(iter(variants.values()))))
+    print()
     for key in (
         "specreason_latency_ratio",
         "specreason_accuracy_delta",
@@ -203,13 +236,19 @@ def _print(report: dict[str, Any], search: dict[str, Any]) -> None:
     )
 
 
-def _plot(search: dict[str, Any], greedy: float, target: float, cfg: ReasonBenchConfig) -> None:
+def _plot(
+    search: dict[str, Any],
+    greedy: float,
+    target: float,
+    variants: dict[str, dict[str, float]],
+    cfg: ReasonBenchConfig,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
     for s in SEARCHES:
         ns = sorted(search[s])
         ax.plot(ns, [search[s][n]["accuracy"] for n in ns], "o-", label=s)
@@ -220,6 +259,15 @@ def _plot(search: dict[str, Any], greedy: float, target: float, cfg: ReasonBench
     ax.set_ylabel("accuracy (held-out)")
     ax.set_title("PRM-guided search: edge drafters, cloud PRM")
     ax.legend(fontsize=7, loc="lower right")
+    names = list(variants)
+    bars = bx.barh(names, [variants[n]["latency_ratio"] for n in names], color="tab:blue")
+    bx.bar_label(bars, fmt="%.2f", fontsize=8)
+    bx.axvline(1.0, color="black", linestyle="--", label="cloud-only")
+    bx.axvline(0.5, color="tab:red", linestyle=":", label="target 0.5")
+    bx.invert_yaxis()
+    bx.set_xlabel("wall time / cloud-only")
+    bx.set_title("step speculation")
+    bx.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     fig.savefig(cfg.out_dir / "bench-reason.png", dpi=110)

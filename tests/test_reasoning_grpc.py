@@ -132,6 +132,30 @@ def test_lookahead_scores_several_drafted_steps_in_one_pass() -> None:
     assert 0 < kept <= counts["draft_tokens_kept"]  # the cloud also counts confirmed steps
 
 
+def test_rewriting_in_the_scoring_call_changes_the_cost_not_the_steps() -> None:
+    problems = task.generate(6, task.HELDOUT_SEED + 7)
+    reqs = [
+        pb.ReasonRequest(
+            question=p.question,
+            strategy="specreason",
+            threshold=0.4,
+            lookahead=16,
+            separate_rewrite=separate,
+        )
+        for separate in (False, True)
+        for p in problems
+    ]
+    *replies, counts, _ = run(_reason(reqs))
+    in_call, apart = replies[: len(problems)], replies[len(problems) :]
+    assert [list(r.steps) for r in in_call] == [list(r.steps) for r in apart]
+    assert sum(r.account.cloud_draft_tokens for r in in_call) > 0
+    assert all(r.account.cloud_draft_tokens == 0 for r in apart)  # written from scratch
+    # a second call per rejection, and rounds redrafted after the scorer's false alarms
+    assert sum(r.account.scorer_calls for r in apart) >= sum(
+        r.account.scorer_calls for r in in_call
+    )
+
+
 async def _score_and_write(calls: list[Any]) -> list[Any]:
     tok = task.WordTokenizer()
     cloud = await start_cloud(load_torch("target"), tok.eos_id, tokenizer=tok)

@@ -587,7 +587,7 @@ class ProposeReply(_message.Message):
     def __init__(self, per_prefix: _Optional[_Iterable[_Union[Candidates, _Mapping]]] = ..., model_ms: _Optional[float] = ...) -> None: ...
 
 class ReasonRequest(_message.Message):
-    __slots__ = ("request_id", "question", "strategy", "n", "m", "threshold", "first_cloud_steps", "token_budget", "score_budget", "seed", "token_speculation", "lookahead")
+    __slots__ = ("request_id", "question", "strategy", "n", "m", "threshold", "first_cloud_steps", "token_budget", "score_budget", "seed", "token_speculation", "lookahead", "separate_rewrite")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
@@ -600,6 +600,7 @@ class ReasonRequest(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     TOKEN_SPECULATION_FIELD_NUMBER: _ClassVar[int]
     LOOKAHEAD_FIELD_NUMBER: _ClassVar[int]
+    SEPARATE_REWRITE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     question: str
     strategy: str
@@ -612,7 +613,8 @@ class ReasonRequest(_message.Message):
     seed: int
     token_speculation: bool
     lookahead: int
-    def __init__(self, request_id: _Optional[str] = ..., question: _Optional[str] = ..., strategy: _Optional[str] = ..., n: _Optional[int] = ..., m: _Optional[int] = ..., threshold: _Optional[float] = ..., first_cloud_steps: _Optional[int] = ..., token_budget: _Optional[int] = ..., score_budget: _Optional[int] = ..., seed: _Optional[int] = ..., token_speculation: _Optional[bool] = ..., lookahead: _Optional[int] = ...) -> None: ...
+    separate_rewrite: bool
+    def __init__(self, request_id: _Optional[str] = ..., question: _Optional[str] = ..., strategy: _Optional[str] = ..., n: _Optional[int] = ..., m: _Optional[int] = ..., threshold: _Optional[float] = ..., first_cloud_steps: _Optional[int] = ..., token_budget: _Optional[int] = ..., score_budget: _Optional[int] = ..., seed: _Optional[int] = ..., token_speculation: _Optional[bool] = ..., lookahead: _Optional[int] = ..., separate_rewrite: _Optional[bool] = ...) -> None: ...
 
 class ReasonAccount(_message.Message):
     __slots__ = ("drafted_tokens", "drafted_steps", "accepted_steps", "scorer_calls", "cloud_tokens", "bytes_sent", "bytes_received", "wall_s", "cloud_draft_tokens", "confirmed_steps")
