@@ -159,7 +159,11 @@ class CloudServicer(pb_grpc.CloudServicer):
                 if len(items) != 1:
                     raise RequestError("invalid", "rewrite_below: one item per call")
                 scores, ms, batch, confirmed, rewrite = await self.steps.score_and_rewrite(
-                    *items[0], request.scorer, request.rewrite_below, request.rewrite_from
+                    *items[0],
+                    request.scorer,
+                    request.rewrite_below,
+                    request.rewrite_from,
+                    request.delimiter,
                 )
                 reply = pb.ScoreReply(
                     items=[pb.StepScores(scores=scores)],
@@ -189,8 +193,6 @@ class CloudServicer(pb_grpc.CloudServicer):
         try:
             if self.steps is None:
                 raise RequestError("invalid", "this cloud node writes no steps")
-            if request.delimiter not in ("", ";"):
-                raise RequestError("invalid", "delimiter: the bundled models use ';'")
             params = sampling_from_wire(request.sampling)
             step, ms, kept = await self.steps.write_step(
                 request.prefix.question,
@@ -199,6 +201,7 @@ class CloudServicer(pb_grpc.CloudServicer):
                 params.seed,
                 int(request.max_tokens),
                 request.draft,
+                request.delimiter,
             )
         except RequestError as err:
             await self._fail(context, err)

@@ -131,6 +131,7 @@ class StepService:
         seed: int,
         max_tokens: int,
         draft: str = "",
+        delimiter: str = "",
     ) -> tuple[StepDraft, float, int]:
         """The target's next step after ``steps``, the model ms it took and the draft tokens kept.
 
@@ -140,7 +141,10 @@ class StepService:
         if self.writer is None:
             raise RequestError("invalid", "this cloud node writes no steps (no tokenizer)")
         self._check([(question, [*steps, draft])])
-        writer = self.writer
+        try:
+            writer = self.writer.with_delimiter(delimiter)
+        except ValueError as exc:
+            raise RequestError("invalid", f"delimiter: {exc}") from None
         cap = max_tokens or None
         if draft and temperature <= 0:
             (step, kept), ms, _ = await self.engine.run_model(
@@ -156,7 +160,13 @@ class StepService:
         return step, ms, kept
 
     async def score_and_rewrite(
-        self, question: str, steps: Sequence[str], scorer: str, below: float, start: int
+        self,
+        question: str,
+        steps: Sequence[str],
+        scorer: str,
+        below: float,
+        start: int,
+        delimiter: str = "",
     ) -> tuple[list[float], float, int, int, tuple[int, StepDraft, float, int] | None]:
         """Score one partial solution, then walk its steps from ``start`` on: the target rewrites
         each step scoring below ``below``, with that step as its draft, before the reply goes out.
@@ -173,7 +183,9 @@ class StepService:
         for i in range(max(0, start), len(steps)):
             if scores[0][i] >= below:
                 continue
-            step, write_ms, kept = await self.write_step(question, steps[:i], 0.0, 0, 0, steps[i])
+            step, write_ms, kept = await self.write_step(
+                question, steps[:i], 0.0, 0, 0, steps[i], delimiter
+            )
             if step.text != steps[i]:
                 return scores[0], ms, batch, confirmed, (i, step, write_ms, kept)
             confirmed += 1

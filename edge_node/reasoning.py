@@ -141,6 +141,7 @@ class FanOutProposer:
             temperature=temperature,
             seed=seed,
             max_tokens=cap or 0,
+            delimiter=self.local.config.delimiter,
         )
         reply = stub.ProposeSteps(req, timeout=30)
         self.traffic.sent += req.ByteSize()
@@ -164,7 +165,7 @@ class Reasoner:
         prefixes = [list(p.steps) for p in r.prefixes]
         drafts = await asyncio.get_running_loop().run_in_executor(
             self.pool,
-            self.proposer.propose,
+            self.proposer.with_delimiter(r.delimiter).propose,
             r.question,
             prefixes,
             r.n,
@@ -180,19 +181,22 @@ class Reasoner:
     async def reason(
         self, r: pb.ReasonRequest, cloud: pb_grpc.CloudStub, cloud_address: str, peers: list[str]
     ) -> pb.ReasonReply:
+        prop = self.proposer.with_delimiter(r.delimiter)
         if r.strategy == "specreason":
-            return await self._specreason(r, cloud)
+            return await self._specreason(r, cloud, prop)
         if r.strategy not in STRATEGIES:
             raise ValueError(f"strategy {r.strategy!r} not in specreason, {sorted(STRATEGIES)}")
         return await asyncio.get_running_loop().run_in_executor(
-            self.search_pool, self._search, r, cloud_address, peers
+            self.search_pool, self._search, r, cloud_address, peers, prop
         )
 
-    def _search(self, r: pb.ReasonRequest, cloud_address: str, peers: list[str]) -> pb.ReasonReply:
+    def _search(
+        self, r: pb.ReasonRequest, cloud_address: str, peers: list[str], prop: LMStepProposer
+    ) -> pb.ReasonReply:
         t0 = time.perf_counter()
         traffic = Traffic()
         scorer = RemoteScorer(cloud_address, traffic)
-        proposer = FanOutProposer(self.proposer, peers, traffic, self.search_pool)
+        proposer = FanOutProposer(prop, peers, traffic, self.search_pool)
         budget = Budget(
             max_tokens=r.token_budget or Budget.max_tokens,
             max_scored=r.score_budget or Budget.max_scored,
@@ -214,13 +218,18 @@ class Reasoner:
         )
 
     async def _speculate_step(
-        self, question: str, steps: list[str], cloud: pb_grpc.CloudStub, acc: pb.ReasonAccount
+        self,
+        prop: LMStepProposer,
+        question: str,
+        steps: list[str],
+        cloud: pb_grpc.CloudStub,
+        acc: pb.ReasonAccount,
     ) -> StepDraft:
         """The target's next step by token speculation: this edge drafts, the cloud verifies."""
-        prompt = self.proposer.prompt(question, steps)
-        delim, eos = self.proposer.delimiter_id, self.proposer.tok.eos_id
+        prompt = prop.prompt(question, steps)
+        delim, eos = prop.delimiter_id, prop.tok.eos_id
         settings = SpecSettings(
-            self.proposer.config.max_step_tokens, eos, k=4, stop_ids=(delim,), k_policy="heuristic"
+            prop.config.max_step_tokens, eos, k=4, stop_ids=(delim,), k_policy="heuristic"
         )
 
         async def only(_: Sequence[str]) -> tuple[str, pb_grpc.CloudStub] | None:
@@ -232,12 +241,14 @@ class Reasoner:
         acc.bytes_received += res.account.bytes_received
         ended = bool(res.tokens) and res.tokens[-1] == eos
         closed = bool(res.tokens) and res.tokens[-1] in (delim, eos)
-        text = self.proposer.tok.decode([t for t in res.tokens if t != delim]).strip()
+        text = prop.tok.decode([t for t in res.tokens if t != delim]).strip()
         return StepDraft(text, len(res.tokens), closed, ended)
 
-    def _draft_steps(self, question: str, steps: list[str], n_steps: int) -> list[StepDraft]:
+    @staticmethod
+    def _draft_steps(
+        prop: LMStepProposer, question: str, steps: list[str], n_steps: int
+    ) -> list[StepDraft]:
         """Up to ``n_steps`` greedy steps in one pass of the drafter (its cache kept throughout)."""
-        prop = self.proposer
         delim, eos = prop.delimiter_id, prop.tok.eos_id
         session = prop.lm.session()
         prompt = prop.prompt(question, steps)
@@ -285,6 +296,7 @@ class Reasoner:
             ],
             rewrite_below=0.0 if r.token_speculation or r.separate_rewrite else threshold,
             rewrite_from=len(steps),
+            delimiter=r.delimiter,
         )
         reply = await cloud.ScoreSteps(req, timeout=30)
         acc.bytes_sent += req.ByteSize()
@@ -306,18 +318,27 @@ class Reasoner:
         return kept, None
 
     async def _cloud_step(
-        self, r: pb.ReasonRequest, steps: list[str], cloud: pb_grpc.CloudStub, acc: pb.ReasonAccount
+        self,
+        r: pb.ReasonRequest,
+        prop: LMStepProposer,
+        steps: list[str],
+        cloud: pb_grpc.CloudStub,
+        acc: pb.ReasonAccount,
     ) -> StepDraft:
         if r.token_speculation:  # the target's step, drafted by this edge
-            return await self._speculate_step(r.question, steps, cloud, acc)
-        req = pb.StepRequest(prefix=pb.PartialSolution(question=r.question, steps=steps))
+            return await self._speculate_step(prop, r.question, steps, cloud, acc)
+        req = pb.StepRequest(
+            prefix=pb.PartialSolution(question=r.question, steps=steps), delimiter=r.delimiter
+        )
         reply = await cloud.GenerateStep(req, timeout=30)
         acc.bytes_sent += req.ByteSize()
         acc.bytes_received += reply.ByteSize()
         acc.cloud_tokens += reply.step.tokens
         return draft_from_wire(reply.step)
 
-    async def _specreason(self, r: pb.ReasonRequest, cloud: pb_grpc.CloudStub) -> pb.ReasonReply:
+    async def _specreason(
+        self, r: pb.ReasonRequest, cloud: pb_grpc.CloudStub, prop: LMStepProposer
+    ) -> pb.ReasonReply:
         """Draft steps, keep those scoring at least the threshold, have the cloud write the rest.
 
         Each round drafts ``lookahead`` steps (one, as in SpecReason, by default) and scores them
@@ -336,7 +357,7 @@ class Reasoner:
             drafts: list[StepDraft] = []
             if len(steps) >= r.first_cloud_steps:
                 drafts = await loop.run_in_executor(
-                    self.pool, self._draft_steps, r.question, list(steps), lookahead
+                    self.pool, self._draft_steps, prop, r.question, list(steps), lookahead
                 )
                 acc.drafted_tokens += sum(d.tokens for d in drafts)
                 acc.drafted_steps += len(drafts)
@@ -346,7 +367,7 @@ class Reasoner:
             done = kept > 0 and (steps[-1].startswith(ANSWER) or drafts[kept - 1].ended)
             if done or (drafts and kept == len(drafts)):
                 continue  # all drafts kept: draft on from there
-            step = rewrite or await self._cloud_step(r, steps, cloud, acc)
+            step = rewrite or await self._cloud_step(r, prop, steps, cloud, acc)
             if step.text:
                 steps.append(step.text)
             done = step.text.startswith(ANSWER) or step.ended or not step.text

@@ -187,6 +187,24 @@ def test_proposer_writes_steps_to_the_delimiter_and_honours_its_token_cap(propos
     assert sum(d.tokens for d in capped) <= 7 and not all(d.complete for d in capped)
 
 
+def test_the_step_delimiter_is_configurable_and_must_be_one_token(tok):
+    writer = LMStepProposer(load_torch("target"), tok)
+    p = task.generate(1, task.HELDOUT_SEED)[0]
+    first = p.solution_steps()[0]  # "a op b = c"
+    at_equals = writer.with_delimiter("=")
+    step = at_equals.propose(p.question, [[]], 1, 0.0, seed=0)[0][0]
+    assert step.text == first.split(" =")[0] and step.complete
+    assert at_equals.rewrite(p.question, [], step.text)[0] == step
+    assert at_equals.prompt(p.question, ["1 + 2"]) == [
+        tok.bos_id,
+        *tok.encode(f"{p.question} 1 + 2 ="),
+    ]
+    assert writer.with_delimiter("") is writer and writer.with_delimiter(";") is writer
+    for bad in ("; ;", "nope", "\n"):
+        with pytest.raises(ValueError, match="single token"):
+            writer.with_delimiter(bad)
+
+
 def test_a_rewrite_from_any_draft_is_the_models_own_greedy_step(tok):
     writer = LMStepProposer(load_torch("target"), tok)
     for p in task.generate(6, task.HELDOUT_SEED + 5):

@@ -107,6 +107,10 @@ def test_search_fans_out_drafts_to_other_edges_and_scores_on_the_cloud() -> None
             grpc.StatusCode.INVALID_ARGUMENT,
         ),
         (pb.ReasonRequest(question="Q 1 + 2 * 3 ?", threshold=3), grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            pb.ReasonRequest(question="Q 1 + 2 * 3 ?", strategy="beam", delimiter="; ;"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
     ],
 )
 def test_bad_reason_requests_are_rejected(request_, code) -> None:
@@ -193,8 +197,14 @@ def test_the_scoring_call_rewrites_the_first_rejected_step_from_its_draft() -> N
         # every step "rejected": the target confirms the right ones and stops at the wrong one
         ("ScoreSteps", pb.ScoreRequest(items=[item(truth)], rewrite_below=1.1)),
         ("ScoreSteps", pb.ScoreRequest(items=[item(steps)], rewrite_below=1.1)),
+        ("GenerateStep", pb.StepRequest(prefix=item([]), delimiter="=")),
+        ("GenerateStep", pb.StepRequest(prefix=item([]), delimiter="nope")),
     ]
-    fixed, later, two, plain, from_draft, all_right, walked = run(_score_and_write(calls))
+    fixed, later, two, plain, from_draft, all_right, walked, at_eq, bad = run(
+        _score_and_write(calls)
+    )
+    assert at_eq.step.text == truth[0].split(" =")[0]  # the step ends at the asked delimiter
+    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert all_right.confirmed_steps == len(truth) and not all_right.HasField("rewrite")
     assert walked.confirmed_steps == 1 and walked.rewrite_index == 1
     assert fixed.items[0].scores[1] < 0.5 <= fixed.items[0].scores[0]

@@ -6,7 +6,7 @@ A step is the text a model writes up to the step delimiter (``;``) or the end of
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -53,7 +53,14 @@ class LMProposerConfig:
 
     max_step_tokens: int = 12  # a step longer than this is cut (the task's steps have 5 words)
     top_p: float = 1.0  # nucleus sampling mass
-    step_joiner: str = f" {STEP_DELIMITER} "  # separates steps in the prompt text
+    delimiter: str = STEP_DELIMITER  # ends a step: one token of the model's tokenizer
+    step_joiner: str = ""  # separates steps in the prompt; empty: " {delimiter} ", or a
+    # whitespace delimiter (a newline) on its own
+
+    @property
+    def joiner(self) -> str:
+        d = self.delimiter
+        return self.step_joiner or (f" {d} " if d.strip() else d)
 
 
 class LMStepProposer:
@@ -64,14 +71,25 @@ class LMStepProposer:
     ) -> None:
         self.lm, self.tok = lm, tokenizer
         self.config = config or LMProposerConfig()
-        delim = tokenizer.encode(STEP_DELIMITER)
+        d = self.config.delimiter
+        try:
+            delim = tokenizer.encode(d)
+        except ValueError:
+            delim = []
         if len(delim) != 1:
-            raise ValueError(f"the step delimiter {STEP_DELIMITER!r} must be a single token")
+            raise ValueError(f"the step delimiter {d!r} must be a single token of the tokenizer")
         self.delimiter_id = delim[0]
+
+    def with_delimiter(self, delimiter: str) -> LMStepProposer:
+        """This proposer with steps ending at ``delimiter`` (empty: unchanged); ValueError unless
+        it is one token of the tokenizer."""
+        if not delimiter or delimiter == self.config.delimiter:
+            return self
+        return LMStepProposer(self.lm, self.tok, replace(self.config, delimiter=delimiter))
 
     def prompt(self, question: str, steps: Sequence[str]) -> list[int]:
         """Token ids of the question and the steps so far, each closed by its delimiter."""
-        j = self.config.step_joiner
+        j = self.config.joiner
         text = question + (" " + j.join(steps) + j.rstrip() if steps else "")
         return [self.tok.bos_id, *self.tok.encode(text)]
 

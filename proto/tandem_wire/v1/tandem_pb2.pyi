@@ -407,16 +407,18 @@ class PartialSolution(_message.Message):
     def __init__(self, question: _Optional[str] = ..., steps: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("items", "scorer", "rewrite_below", "rewrite_from")
+    __slots__ = ("items", "scorer", "rewrite_below", "rewrite_from", "delimiter")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     SCORER_FIELD_NUMBER: _ClassVar[int]
     REWRITE_BELOW_FIELD_NUMBER: _ClassVar[int]
     REWRITE_FROM_FIELD_NUMBER: _ClassVar[int]
+    DELIMITER_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[PartialSolution]
     scorer: str
     rewrite_below: float
     rewrite_from: int
-    def __init__(self, items: _Optional[_Iterable[_Union[PartialSolution, _Mapping]]] = ..., scorer: _Optional[str] = ..., rewrite_below: _Optional[float] = ..., rewrite_from: _Optional[int] = ...) -> None: ...
+    delimiter: str
+    def __init__(self, items: _Optional[_Iterable[_Union[PartialSolution, _Mapping]]] = ..., scorer: _Optional[str] = ..., rewrite_below: _Optional[float] = ..., rewrite_from: _Optional[int] = ..., delimiter: _Optional[str] = ...) -> None: ...
 
 class StepScores(_message.Message):
     __slots__ = ("scores",)
@@ -557,20 +559,22 @@ class SolveEvent(_message.Message):
     def __init__(self, tokens: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., mode: _Optional[_Union[Mode, str]] = ..., done: _Optional[_Union[SolveReply, _Mapping]] = ...) -> None: ...
 
 class ProposeRequest(_message.Message):
-    __slots__ = ("question", "prefixes", "n", "temperature", "seed", "max_tokens")
+    __slots__ = ("question", "prefixes", "n", "temperature", "seed", "max_tokens", "delimiter")
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     PREFIXES_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DELIMITER_FIELD_NUMBER: _ClassVar[int]
     question: str
     prefixes: _containers.RepeatedCompositeFieldContainer[PartialSolution]
     n: int
     temperature: float
     seed: int
     max_tokens: int
-    def __init__(self, question: _Optional[str] = ..., prefixes: _Optional[_Iterable[_Union[PartialSolution, _Mapping]]] = ..., n: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., max_tokens: _Optional[int] = ...) -> None: ...
+    delimiter: str
+    def __init__(self, question: _Optional[str] = ..., prefixes: _Optional[_Iterable[_Union[PartialSolution, _Mapping]]] = ..., n: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., max_tokens: _Optional[int] = ..., delimiter: _Optional[str] = ...) -> None: ...
 
 class Candidates(_message.Message):
     __slots__ = ("drafts",)
@@ -587,7 +591,7 @@ class ProposeReply(_message.Message):
     def __init__(self, per_prefix: _Optional[_Iterable[_Union[Candidates, _Mapping]]] = ..., model_ms: _Optional[float] = ...) -> None: ...
 
 class ReasonRequest(_message.Message):
-    __slots__ = ("request_id", "question", "strategy", "n", "m", "threshold", "first_cloud_steps", "token_budget", "score_budget", "seed", "token_speculation", "lookahead", "separate_rewrite")
+    __slots__ = ("request_id", "question", "strategy", "n", "m", "threshold", "first_cloud_steps", "token_budget", "score_budget", "seed", "token_speculation", "lookahead", "separate_rewrite", "delimiter")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
@@ -601,6 +605,7 @@ class ReasonRequest(_message.Message):
     TOKEN_SPECULATION_FIELD_NUMBER: _ClassVar[int]
     LOOKAHEAD_FIELD_NUMBER: _ClassVar[int]
     SEPARATE_REWRITE_FIELD_NUMBER: _ClassVar[int]
+    DELIMITER_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     question: str
     strategy: str
@@ -614,7 +619,8 @@ class ReasonRequest(_message.Message):
     token_speculation: bool
     lookahead: int
     separate_rewrite: bool
-    def __init__(self, request_id: _Optional[str] = ..., question: _Optional[str] = ..., strategy: _Optional[str] = ..., n: _Optional[int] = ..., m: _Optional[int] = ..., threshold: _Optional[float] = ..., first_cloud_steps: _Optional[int] = ..., token_budget: _Optional[int] = ..., score_budget: _Optional[int] = ..., seed: _Optional[int] = ..., token_speculation: _Optional[bool] = ..., lookahead: _Optional[int] = ..., separate_rewrite: _Optional[bool] = ...) -> None: ...
+    delimiter: str
+    def __init__(self, request_id: _Optional[str] = ..., question: _Optional[str] = ..., strategy: _Optional[str] = ..., n: _Optional[int] = ..., m: _Optional[int] = ..., threshold: _Optional[float] = ..., first_cloud_steps: _Optional[int] = ..., token_budget: _Optional[int] = ..., score_budget: _Optional[int] = ..., seed: _Optional[int] = ..., token_speculation: _Optional[bool] = ..., lookahead: _Optional[int] = ..., separate_rewrite: _Optional[bool] = ..., delimiter: _Optional[str] = ...) -> None: ...
 
 class ReasonAccount(_message.Message):
     __slots__ = ("drafted_tokens", "drafted_steps", "accepted_steps", "scorer_calls", "cloud_tokens", "bytes_sent", "bytes_received", "wall_s", "cloud_draft_tokens", "confirmed_steps")
