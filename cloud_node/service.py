@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 
 from cloud_node.engine import RequestError, Round, RoundResult, VerifyEngine
-from cloud_node.steps import StepService
+from cloud_node.steps import StepService, Walk
 from models.reasoning.proposer import StepDraft
 from models.sampling import SamplingParams
 from models.speculative import Proposal
@@ -60,6 +60,22 @@ def round_from_wire(v: pb.VerifyRequest, vocab_size: int) -> Round:
 
 def step_to_wire(d: StepDraft) -> pb.StepDraftMsg:
     return pb.StepDraftMsg(text=d.text, tokens=d.tokens, complete=d.complete, ended=d.ended)
+
+
+def walk_to_wire(w: Walk) -> pb.ScoreReply:
+    reply = pb.ScoreReply(
+        items=[pb.StepScores(scores=w.scores)],
+        model_ms=w.ms,
+        batch_size=w.batch,
+        confirmed_steps=w.confirmed,
+    )
+    if w.rewrite is not None:
+        r = w.rewrite
+        reply.rewrite_index = r.index
+        reply.rewrite.CopyFrom(
+            pb.StepReply(step=step_to_wire(r.step), model_ms=r.ms, draft_accepted=r.draft_kept)
+        )
+    return reply
 
 
 def verdict_to_wire(r: RoundResult) -> pb.SpecReply:
@@ -158,33 +174,19 @@ class CloudServicer(pb_grpc.CloudServicer):
             if request.rewrite_below > 0:
                 if len(items) != 1:
                     raise RequestError("invalid", "rewrite_below: one item per call")
-                scores, ms, batch, confirmed, rewrite = await self.steps.score_and_rewrite(
+                walk = await self.steps.score_and_rewrite(
                     *items[0],
                     request.scorer,
                     request.rewrite_below,
                     request.rewrite_from,
                     request.delimiter,
                 )
-                reply = pb.ScoreReply(
-                    items=[pb.StepScores(scores=scores)],
-                    model_ms=ms,
-                    batch_size=batch,
-                    confirmed_steps=confirmed,
-                )
-                if rewrite is not None:
-                    index, step, write_ms, kept = rewrite
-                    reply.rewrite_index = index
-                    reply.rewrite.CopyFrom(
-                        pb.StepReply(
-                            step=step_to_wire(step), model_ms=write_ms, draft_accepted=kept
-                        )
-                    )
-                return reply
-            all_scores, ms, batch = await self.steps.score(items, request.scorer)
+                return walk_to_wire(walk)
+            scores, ms, batch = await self.steps.score(items, request.scorer)
         except RequestError as err:
             await self._fail(context, err)
         return pb.ScoreReply(
-            items=[pb.StepScores(scores=s) for s in all_scores], model_ms=ms, batch_size=batch
+            items=[pb.StepScores(scores=s) for s in scores], model_ms=ms, batch_size=batch
         )
 
     async def GenerateStep(

@@ -27,6 +27,27 @@ class StepConfig:
     max_chars: int = 4096  # characters in one question or step at the most
 
 
+@dataclass(frozen=True)
+class Rewrite:
+    """A step the target rewrote from its rejected draft."""
+
+    index: int  # which step of the partial solution it replaces
+    step: StepDraft
+    ms: float  # model time of the rewrite
+    draft_kept: int  # tokens of the draft the target kept
+
+
+@dataclass(frozen=True)
+class Walk:
+    """One partial solution scored, and its rejected steps rewritten up to the first change."""
+
+    scores: list[float]
+    ms: float  # model time of the scoring pass
+    batch: int  # partial solutions that pass served
+    confirmed: int  # rejected steps the target wrote the same
+    rewrite: Rewrite | None  # the first rewrite that changed a step, if any
+
+
 @dataclass
 class _Pending:
     scorer: str
@@ -167,16 +188,13 @@ class StepService:
         below: float,
         start: int,
         delimiter: str = "",
-    ) -> tuple[list[float], float, int, int, tuple[int, StepDraft, float, int] | None]:
+    ) -> Walk:
         """Score one partial solution, then walk its steps from ``start`` on: the target rewrites
         each step scoring below ``below``, with that step as its draft, before the reply goes out.
 
         A rewrite that comes out the same as the draft was a false alarm of the scorer: the step
         stays and the walk goes on, since the later steps' scores were made after that same text.
         The first rewrite that differs ends the walk.
-
-        Returns the scores, the scoring ms and batch size, how many steps the target confirmed,
-        and (index, step, ms, draft tokens kept) of the rewrite, or None when no step changed.
         """
         scores, ms, batch = await self.score([(question, list(steps))], scorer)
         confirmed = 0
@@ -187,6 +205,6 @@ class StepService:
                 question, steps[:i], 0.0, 0, 0, steps[i], delimiter
             )
             if step.text != steps[i]:
-                return scores[0], ms, batch, confirmed, (i, step, write_ms, kept)
+                return Walk(scores[0], ms, batch, confirmed, Rewrite(i, step, write_ms, kept))
             confirmed += 1
-        return scores[0], ms, batch, confirmed, None
+        return Walk(scores[0], ms, batch, confirmed, None)

@@ -26,12 +26,11 @@ from tqdm import tqdm
 
 from models import task
 from models.reasoning.prm_data import Example, build_examples, label, sample_solutions
-from models.reasoning.prm_onnx import gather_probs, pad_rows
+from models.reasoning.prm_onnx import DELIMITER_ID, gather_probs, pad_rows
 from models.torch_backend import CHECKPOINT_DIR, load_module, resolve_checkpoint
 from models.transformer import ModelConfig, TinyLM
 
 PRM_DIR = CHECKPOINT_DIR / "prm"
-DELIMITER_ID = task.WordTokenizer().encode(task.STEP_DELIMITER)[0]
 EVIDENCE_FEATURES = 8  # width of the per-step features pooled over earlier steps
 
 

@@ -18,6 +18,7 @@ from models import task
 from models.onnx_backend import inference_session, model_dir
 
 ONNX_FILE = "model.onnx"  # the fp32 graph, beside config.json and model.safetensors
+DELIMITER_ID = task.WordTokenizer().encode(task.STEP_DELIMITER)[0]  # where each step is read
 
 
 def encode(
@@ -29,7 +30,6 @@ def encode(
     it get no position, so they score as wrong (as does every step of such a question) instead
     of failing a scoring pass that other callers' rows share.
     """
-    delim = tok.encode(task.STEP_DELIMITER)[0]
     try:
         ids, where = [tok.bos_id, *tok.encode(question)], []
     except ValueError:
@@ -40,7 +40,7 @@ def encode(
         except ValueError:
             break
         ids.extend(words)
-        ids.append(delim)
+        ids.append(DELIMITER_ID)
         where.append(len(ids) - 1)
     return ids, where
 
