@@ -244,37 +244,6 @@ class Reasoner:
         text = prop.tok.decode([t for t in res.tokens if t != delim]).strip()
         return StepDraft(text, len(res.tokens), closed, ended)
 
-    @staticmethod
-    def _draft_steps(
-        prop: LMStepProposer, question: str, steps: list[str], n_steps: int
-    ) -> list[StepDraft]:
-        """Up to ``n_steps`` greedy steps in one pass of the drafter (its cache kept throughout)."""
-        delim, eos = prop.delimiter_id, prop.tok.eos_id
-        session = prop.lm.session()
-        prompt = prop.prompt(question, steps)
-        logits = session.extend(prompt)[-1]
-        out: list[StepDraft] = []
-        current: list[int] = []
-        limit = min(prop.lm.max_len, len(prompt) + n_steps * prop.config.max_step_tokens)
-        while len(out) < n_steps:
-            tok = int(logits.argmax())
-            current.append(tok)
-            ended = tok == eos
-            if tok in (delim, eos):
-                text = prop.tok.decode([t for t in current if t not in (delim, eos)]).strip()
-                out.append(StepDraft(text, len(current), True, ended))
-                current = []
-                if ended:
-                    break
-            if session.length + 1 >= limit:
-                if current:  # cut mid-step: not usable
-                    out.append(
-                        StepDraft(prop.tok.decode(current).strip(), len(current), False, True)
-                    )
-                break
-            logits = session.extend([tok])[-1]
-        return out
-
     async def _score_prefix(
         self,
         r: pb.ReasonRequest,
@@ -357,7 +326,7 @@ class Reasoner:
             drafts: list[StepDraft] = []
             if len(steps) >= r.first_cloud_steps:
                 drafts = await loop.run_in_executor(
-                    self.pool, self._draft_steps, prop, r.question, list(steps), lookahead
+                    self.pool, prop.draft_steps, r.question, list(steps), lookahead
                 )
                 acc.drafted_tokens += sum(d.tokens for d in drafts)
                 acc.drafted_steps += len(drafts)

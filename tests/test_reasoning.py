@@ -187,6 +187,18 @@ def test_proposer_writes_steps_to_the_delimiter_and_honours_its_token_cap(propos
     assert sum(d.tokens for d in capped) <= 7 and not all(d.complete for d in capped)
 
 
+def test_drafting_several_steps_in_one_pass_matches_step_by_step_greedy(proposer):
+    for p in task.generate(4, task.HELDOUT_SEED + 8):
+        drafts = proposer.draft_steps(p.question, [], 16)
+        steps: list[str] = []
+        for d in drafts:
+            assert d == proposer.propose(p.question, [steps], 1, 0.0, seed=0)[0][0]
+            steps.append(d.text)
+        assert drafts[-1].ended and all(d.complete for d in drafts)
+    short = proposer.draft_steps(p.question, [], 2)
+    assert short == drafts[:2]
+
+
 def test_the_step_delimiter_is_configurable_and_must_be_one_token(tok):
     writer = LMStepProposer(load_torch("target"), tok)
     p = task.generate(1, task.HELDOUT_SEED)[0]

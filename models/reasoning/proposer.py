@@ -192,6 +192,34 @@ class LMStepProposer:
             token = int(session.extend([token])[-1].argmax())
         return StepDraft(self._text(out), len(out), closed, ended), kept
 
+    def draft_steps(self, question: str, steps: Sequence[str], n_steps: int) -> list[StepDraft]:
+        """Up to ``n_steps`` greedy steps in one pass of the model (its cache kept throughout).
+
+        A step the sequence's length limit cuts comes last, with ``complete=False``.
+        """
+        delim, eos = self.delimiter_id, self.tok.eos_id
+        session = self.lm.session()
+        prompt = self.prompt(question, steps)
+        logits = session.extend(prompt)[-1]
+        out: list[StepDraft] = []
+        current: list[int] = []
+        limit = min(self.lm.max_len, len(prompt) + n_steps * self.config.max_step_tokens)
+        while len(out) < n_steps:
+            tok = int(logits.argmax())
+            current.append(tok)
+            ended = tok == eos
+            if tok in (delim, eos):
+                out.append(StepDraft(self._text(current), len(current), True, ended))
+                current = []
+                if ended:
+                    break
+            if session.length + 1 >= limit:
+                if current:  # cut mid-step: not usable
+                    out.append(StepDraft(self._text(current), len(current), False, True))
+                break
+            logits = session.extend([tok])[-1]
+        return out
+
     def _text(self, tokens: list[int]) -> str:
         body = [t for t in tokens if t not in (self.delimiter_id, self.tok.eos_id)]
         return self.tok.decode(body).strip()
