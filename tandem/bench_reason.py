@@ -131,6 +131,48 @@ async def _search(
     return res
 
 
+def step_costs(problems: list[task.Problem], threshold: float) -> dict[str, float]:
+    """Mean ms of the model work behind step speculation, timed in this process on one thread.
+
+    The edge's int8 drafter writing a whole solution (and per token); one PRM pass over it, on
+    ONNX Runtime and on torch; and, at the first step the PRM rejects, the target writing that
+    step from scratch against rewriting it from the rejected draft.
+    """
+    from models.loader import load_lm
+    from models.reasoning.proposer import LMStepProposer
+    from models.reasoning.scorers import PRMScorer
+
+    drafter = LMStepProposer(*load_lm("drafter-int8"))
+    writer = LMStepProposer(*load_lm("target"))
+    prms = {b: PRMScorer(backend=b) for b in ("onnx", "torch")}
+    ms: dict[str, list[float]] = {}
+
+    def timed(key: str, fn: Any, *args: Any) -> Any:
+        t0 = time.perf_counter()
+        out = fn(*args)
+        ms.setdefault(key, []).append((time.perf_counter() - t0) * 1e3)
+        return out
+
+    tokens = 0
+    for n, p in enumerate(tqdm([problems[0], *problems], desc="step costs", leave=False)):
+        if n == 1:  # the first problem warmed the models up: its times are dropped
+            ms.clear()
+            tokens = 0
+        drafts = timed("draft_solution", drafter.draft_steps, p.question, [], 16)
+        tokens += sum(d.tokens for d in drafts)
+        steps = [d.text for d in drafts if d.complete and d.text]
+        scores = {b: timed(f"prm_{b}", s.score, p.question, steps) for b, s in prms.items()}
+        low = [i for i, s in enumerate(scores["onnx"]) if s < threshold]
+        if low:
+            i = low[0]
+            timed("step_from_scratch", writer.propose, p.question, [steps[:i]], 1, 0.0, 0)
+            timed("step_from_draft", writer.rewrite, p.question, steps[:i], steps[i])
+    out = {f"{k}_ms": sum(v) / len(v) for k, v in ms.items()}
+    out["drafter_ms_per_token"] = sum(ms["draft_solution"]) / max(tokens, 1)
+    out["rejected_problems"] = len(ms.get("step_from_draft", []))
+    return out
+
+
 def _passes_to_reach(curve: dict[int, dict[str, float]], level: float) -> float | None:
     hits = [v["prm_passes"] for v in curve.values() if v["accuracy"] >= level - 1e-9]
     return min(hits) if hits else None
@@ -150,6 +192,7 @@ def run_reason_bench(cfg: ReasonBenchConfig) -> dict[str, Any]:
         spec = asyncio.run(_specreason(edges[0].address, spec_problems, cfg))
         search = asyncio.run(_search(edges[0].address, search_problems, cfg.budgets))
         target_acc = asyncio.run(_target_accuracy(edges[0].address, search_problems))
+    costs = step_costs(spec_problems, cfg.threshold)
     k = len(spec_problems)
     cloud = spec.pop("cloud_only")
     variants = {
@@ -187,6 +230,7 @@ def run_reason_bench(cfg: ReasonBenchConfig) -> dict[str, Any]:
         "cloud_only_ms_per_problem": cloud["s"] / k * 1e3,
         "step_acceptance": main["accepted"] / max(main["drafted"], 1),
         "specreason_variants": variants,
+        "step_costs": costs,
         "astar_prm_pass_ratio": (a_star / bon) if a_star and bon else None,
         "astar_vs_bon_accuracy_level": level,
         "search_gain_over_drafter": max(at16.values()) - greedy if at16 else None,
@@ -219,6 +263,8 @@ def _print(report: dict[str, Any], search: dict[str, Any]) -> None:
     print()
     variants = report["specreason_variants"]
     print_table("step speculation", variants, list(next(iter(variants.values()))))
+    print()
+    print_table("model costs", {"mean": report["step_costs"]}, list(report["step_costs"]))
     print()
     for key in (
         "specreason_latency_ratio",

@@ -1,9 +1,10 @@
 """The PRM on ONNX Runtime, and the PRM's input layout (shared with the torch model).
 
 A scoring call in step speculation is one short sequence; at that size the torch PRM spends most
-of its time in per-operator overhead, which ONNX Runtime does not have (measured: 0.65 against
-1.41 ms per forward pass of one 40-token row, 1 thread). ``tandem export-onnx prm`` writes the
-graph (``models.reasoning.prm.export_prm_onnx``); scoring with it needs numpy and onnxruntime only.
+of its time in per-operator overhead, which ONNX Runtime does not have (``tandem bench reason``
+times both: ``step_costs.prm_onnx_ms`` and ``prm_torch_ms``). ``tandem export-onnx prm`` writes
+the graph (``models.reasoning.prm.export_prm_onnx``); scoring with it needs numpy and
+onnxruntime only.
 """
 
 from __future__ import annotations
