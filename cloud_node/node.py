@@ -12,9 +12,9 @@ from cloud_node.service import CloudServicer
 from cloud_node.steps import StepService
 from models.base import CausalLM, Tokenizer
 from models.reasoning.protocols import StepScorer
-from tandem_wire.lifecycle import RateWindow, run_node
-from tandem_wire.serving import aio_server, bind, log_event
-from tandem_wire.telemetry import Reading
+from node_runtime.lifecycle import RateWindow, run_node
+from node_runtime.serving import aio_server, bind, log_event
+from node_runtime.telemetry import Reading
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 

@@ -14,7 +14,7 @@ from cloud_node.steps import StepService, Walk
 from models.reasoning.proposer import StepDraft
 from models.sampling import SamplingParams
 from models.speculative import Proposal
-from tandem_wire.serving import log_event
+from node_runtime.serving import log_event
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 

@@ -13,8 +13,8 @@ from coordinator.costmodel import CLOUD_ONLY, EDGE_ONLY, SPECULATION, Prediction
 from coordinator.nodes import Role
 from coordinator.planner import make_plan
 from coordinator.registry import Registry
-from tandem_wire.serving import aio_channel, log_event
-from tandem_wire.telemetry import Reading
+from node_runtime.serving import aio_channel, log_event
+from node_runtime.telemetry import Reading
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from coordinator.costmodel import CloudView, EdgeView, Prediction, Request, candidates
 from coordinator.nodes import NodeStatus, Role, Snapshot
-from tandem_wire.telemetry import Reading
+from node_runtime.telemetry import Reading
 
 
 def per_token_acceptance(accepted: int, rounds: int, full_rounds: int) -> float | None:

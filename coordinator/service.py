@@ -34,8 +34,8 @@ from coordinator.nodes import NodeStatus
 from coordinator.policy import DEFAULT_POLICY, POLICIES, why_none
 from coordinator.registry import CoordinatorConfig, Registry, RegistryFull
 from coordinator.telemetry import TelemetryIntake
-from tandem_wire.serving import aio_server, bind, log_event, setup_logging, write_ready
-from tandem_wire.telemetry import Reading
+from node_runtime.serving import aio_server, bind, log_event, setup_logging, write_ready
+from node_runtime.telemetry import Reading
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 

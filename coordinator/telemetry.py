@@ -14,17 +14,16 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import zmq
-import zmq.asyncio
-
 from coordinator.nodes import NodeInfo, Role
-from tandem_wire.serving import log_event
-from tandem_wire.telemetry import (
+from node_runtime.serving import log_event
+from node_runtime.telemetry import (
     AcceptanceStats,
+    Context,
     Pair,
     Sample,
     SubscriberConfig,
     TelemetrySubscriber,
+    TransportError,
 )
 
 log = logging.getLogger("coordinator.telemetry")
@@ -68,7 +67,7 @@ class TelemetryIntake:
         config: IntakeConfig | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
-        context: zmq.asyncio.Context | None = None,
+        context: Context | None = None,
     ) -> None:
         self.config = config or IntakeConfig()
         self._clock = clock
@@ -184,7 +183,7 @@ class TelemetryIntake:
             return  # the node publishes no telemetry
         try:
             self.subscriber.connect(endpoint)
-        except zmq.ZMQError as err:  # a bad address in one registration must not stop intake
+        except TransportError as err:  # a bad address in one registration must not stop intake
             self._connect_errors += 1
             log_event(
                 log,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from tandem_wire.serving import aio_channel, log_event
+from node_runtime.serving import aio_channel, log_event
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from edge_node.clouds import CloudDirectory
 from edge_node.service import EdgeConfig, EdgeServicer
 from models.base import CausalLM, Tokenizer
-from tandem_wire.lifecycle import run_node
-from tandem_wire.serving import aio_server, bind, log_event
+from node_runtime.lifecycle import run_node
+from node_runtime.serving import aio_server, bind, log_event
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 

@@ -24,7 +24,7 @@ from models.reasoning.proposer import LMStepProposer, StepDraft
 from models.reasoning.protocols import Item
 from models.reasoning.strategies import STRATEGIES, Budget, SearchConfig
 from models.sampling import SamplingParams
-from tandem_wire.serving import GRPC_OPTIONS
+from tandem_wire.caps import GRPC_OPTIONS
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 

@@ -28,9 +28,9 @@ from edge_node.speculation import (
 from models.base import CausalLM, Tokenizer
 from models.generate import generate
 from models.sampling import SamplingParams
-from tandem_wire.lifecycle import RateWindow
-from tandem_wire.serving import log_event
-from tandem_wire.telemetry import AcceptanceStats, Reading
+from node_runtime.lifecycle import RateWindow
+from node_runtime.serving import log_event
+from node_runtime.telemetry import AcceptanceStats, Reading
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 

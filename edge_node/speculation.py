@@ -25,7 +25,7 @@ from edge_node.drafter import Drafter, DraftResult
 from models.base import CausalLM
 from models.sampling import SamplingParams, probs, sample
 from models.speculative import Proposal
-from tandem_wire.serving import log_event
+from node_runtime.serving import log_event
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 

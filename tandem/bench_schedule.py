@@ -20,12 +20,12 @@ import grpc
 from tqdm import tqdm
 
 from models import task
+from node_runtime.serving import aio_channel
 from simulations.link.proxy import LinkProxy, ProxyConfig
 from simulations.link.spec import LinkSpec
 from tandem.cluster import LocalCluster, Proc
 from tandem.loadgen import verify_load
 from tandem.report import print_table
-from tandem_wire.serving import aio_channel
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 

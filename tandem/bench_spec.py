@@ -25,9 +25,9 @@ from models.generate import generate
 from models.loader import load_lm
 from models.sampling import SamplingParams
 from models.speculative import Proposal, expected_tokens_per_round
+from node_runtime.serving import aio_channel
 from tandem.cluster import LocalCluster
 from tandem.report import print_table
-from tandem_wire.serving import aio_channel
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 

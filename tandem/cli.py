@@ -63,7 +63,7 @@ def _is_prm(directory: Path) -> bool:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from tandem_wire.serving import setup_logging
+    from node_runtime.serving import setup_logging
 
     ready = Path(args.ready_file) if args.ready_file else None
     if args.role == "coordinator":

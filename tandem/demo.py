@@ -12,9 +12,9 @@ from typing import Any
 from tqdm import tqdm
 
 from models import task
+from node_runtime.serving import aio_channel
 from tandem.cluster import LocalCluster
 from tandem.report import bar_plot, print_table
-from tandem_wire.serving import aio_channel
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 

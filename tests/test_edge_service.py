@@ -15,7 +15,7 @@ from cloud_node.node import start_cloud
 from edge_node.node import EdgeNodeConfig, start_edge
 from models import task
 from models.torch_backend import load_torch
-from tandem_wire.serving import aio_channel
+from node_runtime.serving import aio_channel
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 

@@ -18,7 +18,7 @@ from models import task
 from models.reasoning.proposer import LMStepProposer
 from models.torch_backend import TorchLM, load_module, load_torch
 from models.transformer import TinyLM
-from tandem_wire.serving import aio_channel
+from node_runtime.serving import aio_channel
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 

@@ -15,7 +15,7 @@ import zmq.asyncio
 from coordinator.nodes import NodeInfo, Role
 from coordinator.registry import CoordinatorConfig, Registry
 from coordinator.telemetry import IntakeConfig, TelemetryIntake
-from tandem_wire.telemetry import (
+from node_runtime.telemetry import (
     MAX_FRAME_BYTES,
     TOPIC,
     AcceptanceStats,
@@ -138,7 +138,7 @@ def test_gaps_duplicates_and_restarts_from_sequence_numbers() -> None:
 
 
 def test_subscriber_bounds_the_number_of_tracked_nodes() -> None:
-    from tandem_wire.telemetry import SubscriberConfig
+    from node_runtime.telemetry import SubscriberConfig
 
     sub = TelemetrySubscriber(SubscriberConfig(max_publishers=2))
     for node in ("a", "b", "c"):

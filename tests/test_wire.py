@@ -32,6 +32,26 @@ def test_regenerating_the_wire_code_changes_nothing(tmp_path: Path) -> None:
         assert fresh == committed, f"{name} is stale: regenerate it (see README)"
 
 
+# Who may import whom (DESIGN.md, "Layout and layers"): every import outside the standard
+# library must be on its package's list. A new dependency is a decision, made here, in review.
+WIRE = {"google", "grpc", "numpy", "msgpack", "tandem_wire"}
+MODELS = {"models", "numpy", "torch", "onnxruntime", "onnx", "safetensors", "transformers", "tqdm"}
+RUNTIME = WIRE | {"node_runtime", "zmq"}
+NODE = RUNTIME | {"models", "grpc_health"}
+ALLOWED: dict[str, set[str]] = {
+    "tandem_wire": WIRE,
+    "models": MODELS,
+    "node_runtime": RUNTIME,
+    "edge_node": NODE | {"edge_node"},
+    "cloud_node": NODE | {"cloud_node", "torch"},
+    "coordinator": RUNTIME | {"coordinator", "grpc_health"},
+    "simulations": NODE | {"coordinator", "simulations"},
+}
+# The node runtime sees only models' torch-free protocols; the edge runs without torch.
+TORCH_FREE = ("node_runtime", "edge_node")
+LOCATIONS = {"tandem_wire": PROTO / "tandem_wire"}
+
+
 def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     out = set()
@@ -40,21 +60,47 @@ def _imports(path: Path) -> set[str]:
             out |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             out.add(node.module.split(".")[0])
-    return out
+    return out - set(sys.stdlib_module_names) - {"__future__"}
 
 
-def _package_imports(package: str) -> set[str]:
-    base = PROTO / package if package == "tandem_wire" else ROOT / package
-    return set().union(*(_imports(p) for p in base.rglob("*.py")))
+def _package_imports(package: str) -> dict[str, set[str]]:
+    base = LOCATIONS.get(package, ROOT / package)
+    return {str(p.relative_to(ROOT)): _imports(p) for p in sorted(base.rglob("*.py"))}
 
 
 def test_layers_import_only_what_the_design_allows() -> None:
-    nodes = {"edge_node", "cloud_node"}
-    assert not _package_imports("edge_node") & {"cloud_node", "coordinator", "tandem", "torch"}
-    assert not _package_imports("cloud_node") & {"edge_node", "coordinator", "tandem"}
-    assert not _package_imports("coordinator") & (nodes | {"tandem", "models"})
-    assert not _package_imports("models") & {"grpc", "tandem_wire", *nodes, "coordinator"}
-    assert not _package_imports("tandem_wire") & {"torch", "models", *nodes, "coordinator"}
+    wrong = {
+        path: sorted(found - allowed)
+        for package, allowed in ALLOWED.items()
+        for path, found in _package_imports(package).items()
+        if found - allowed
+    }
+    assert not wrong, f"imports outside the design's allowlist: {wrong}"
+
+
+def test_nothing_imports_the_application_package() -> None:
+    users = [
+        path
+        for package in ALLOWED
+        for path, found in _package_imports(package).items()
+        if "tandem" in found
+    ]
+    assert not users
+
+
+def test_torch_free_packages_run_without_torch() -> None:
+    """Import every torch-free module in a process where torch cannot be imported."""
+    modules = [
+        path.removesuffix(".py").replace("/", ".").removesuffix(".__init__")
+        for package in TORCH_FREE
+        for path in _package_imports(package)
+    ]
+    code = (
+        "import sys, importlib\n"
+        "sys.modules['torch'] = None\n"  # any import of torch now raises ImportError
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 def test_no_top_level_package_is_named_proto() -> None:

@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from node_runtime.serving import log_event, setup_logging
 from simulations.link.check import DEFAULT_CHECK_SPEC, CheckConfig, run_check
 from simulations.link.profiles import PROFILES, UnknownProfileError, get_profile, profile_spec
 from simulations.link.proxy import LinkProxy, ProxyConfig
 from simulations.link.spec import FIELD_NAMES, LinkSpec, Schedule, parse_hostport
-from tandem_wire.serving import log_event, setup_logging
 
 logger = logging.getLogger("tandem.link")
 

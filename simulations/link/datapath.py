@@ -20,8 +20,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from node_runtime.serving import log_event
 from simulations.link.spec import parse_hostport
-from tandem_wire.serving import log_event
 
 if TYPE_CHECKING:
     from simulations.link.proxy import LinkProxy

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from node_runtime.serving import log_event
 from simulations.link.datapath import Connection, PreciseTimer, Transmitter
 from simulations.link.spec import (
     Change,
@@ -25,7 +26,6 @@ from simulations.link.spec import (
     ScheduleStep,
     parse_hostport,
 )
-from tandem_wire.serving import log_event
 
 if TYPE_CHECKING:
     from simulations.link.threaded import ThreadedLink

@@ -1,4 +1,4 @@
-"""What every Tandem gRPC server and client shares: message caps, structured logs, channels."""
+"""What every Tandem gRPC server and client shares: logs, servers, channels, ready files."""
 
 from __future__ import annotations
 
@@ -14,16 +14,7 @@ from typing import Any
 
 import grpc
 
-# Caps on every message, both ways: a draft round is a few KB, so 4 MiB is generous and bounded.
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-GRPC_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.so_reuseport", 0),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-]
-DEFAULT_DEADLINE_S = 30.0
+from tandem_wire.caps import GRPC_OPTIONS
 
 
 class JsonLineFormatter(logging.Formatter):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 import zmq
 import zmq.asyncio
 
-from tandem_wire.serving import log_event
+from node_runtime.serving import log_event
 from tandem_wire.telemetry_codec import (  # re-exported: the telemetry API is one module to users
     MAX_FRAME_BYTES,
     ROLES,
@@ -42,8 +42,14 @@ from tandem_wire.telemetry_codec import (  # re-exported: the telemetry API is o
     encode_sample,
 )
 
+# The transport's own names, so that users of the telemetry plane never import zmq themselves.
+Context = zmq.asyncio.Context
+TransportError = zmq.ZMQError
+
 __all__ = [
     "MAX_FRAME_BYTES",
+    "Context",
+    "TransportError",
     "ROLES",
     "TOPIC",
     "AcceptanceStats",
@@ -60,7 +66,7 @@ __all__ = [
     "encode_sample",
 ]
 
-log = logging.getLogger("tandem_wire.telemetry")
+log = logging.getLogger("node_runtime.telemetry")
 
 
 async def _close(task: asyncio.Task[None] | None, sock: zmq.asyncio.Socket | None) -> None:

@@ -16,11 +16,12 @@ from typing import Any
 
 import grpc
 
-from tandem_wire.serving import GRPC_OPTIONS, log_event
+from node_runtime.serving import log_event
+from tandem_wire.caps import GRPC_OPTIONS
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 
-log = logging.getLogger("tandem_wire.agent")
+log = logging.getLogger("node_runtime.agent")
 
 LoadFn = Callable[[], pb.NodeLoad]  # cheap and synchronous: it is called on every heartbeat
 

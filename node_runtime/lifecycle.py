@@ -8,12 +8,12 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from tandem_wire.agent import NodeAgent
-from tandem_wire.serving import install_stop_signals, log_event, write_ready
-from tandem_wire.telemetry import Reading, TelemetryPublisher
+from node_runtime.agent import NodeAgent
+from node_runtime.serving import install_stop_signals, log_event, write_ready
+from node_runtime.telemetry import Reading, TelemetryPublisher
 from tandem_wire.v1 import tandem_pb2 as pb
 
-log = logging.getLogger("tandem_wire.lifecycle")
+log = logging.getLogger("node_runtime.lifecycle")
 
 
 class RateWindow:
