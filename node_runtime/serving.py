@@ -51,7 +51,9 @@ def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **f
 
 def aio_server() -> grpc.aio.Server:
     """An asyncio gRPC server with Tandem's message caps."""
-    return grpc.aio.server(options=GRPC_OPTIONS)
+    from node_runtime.errors import StatusInterceptor  # errors logs through this module
+
+    return grpc.aio.server(options=GRPC_OPTIONS, interceptors=[StatusInterceptor()])
 
 
 def aio_channel(address: str) -> grpc.aio.Channel:
