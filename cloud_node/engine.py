@@ -1,14 +1,17 @@
 """Verification sessions of a cloud node and the batcher that serves their rounds together.
 
-Domain code only: no gRPC here. Every model call runs on one worker thread, so the asyncio loop
-keeps accepting requests while a batch computes, and the CPU seconds of each forward pass can be
-measured with the thread clock and shared among the rounds it served.
+Domain code only: no gRPC here. Every model call runs on one worker thread (``ModelThread``), so
+the asyncio loop keeps accepting requests while a batch computes, verify rounds go before other
+model work, and the CPU seconds of each forward pass can be measured with the thread clock and
+shared among the rounds it served.
+
+A session belongs to the caller that opened it (``owner``, one per verify stream): another caller
+naming it is told it does not exist. Sessions idle past their TTL are swept periodically.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,20 +20,15 @@ from typing import TypeVar
 import numpy as np
 
 from cloud_node.costs import CostTracker
+from cloud_node.errors import RequestError, model_failure
+from cloud_node.generation import Generated, GenerationBatcher, GenerationLimits
+from cloud_node.model_thread import ModelThread, Priority
 from models.base import CausalLM, LMSession
-from models.generate import generate
 from models.sampling import SamplingParams
 from models.speculative import Proposal, Verdict, verify
 
 T = TypeVar("T")
-
-
-class RequestError(Exception):
-    """Bad input or overload, with the gRPC-neutral kind the servicer maps to a status code."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind  # invalid, not_found, exhausted
+__all__ = ["EngineConfig", "Priority", "RequestError", "Round", "RoundResult", "VerifyEngine"]
 
 
 @dataclass(frozen=True)
@@ -38,11 +36,35 @@ class EngineConfig:
     """Limits and batching of one cloud node."""
 
     max_sessions: int = 256  # open verification sessions at the most
-    session_ttl_s: float = 120.0  # an idle session is dropped after this
+    max_client_sessions: int = 64  # of those, held by one client at the most (its fair share)
+    session_ttl_s: float = 120.0  # an idle session is dropped after this (swept periodically)
     max_draft: int = 16  # largest k a round may carry
     max_batch: int = 16  # rounds served by one forward pass at the most
     max_wait_ms: float = 0.0  # extra wait for a batch to fill; 0 serves what is queued at once
     queue_limit: int = 256  # rounds waiting at the most; past it, RESOURCE_EXHAUSTED
+    max_generations: int = 64  # cloud-only generations admitted at once; past it, EXHAUSTED
+    max_client_generations: int = 32  # of those, held by one client at the most
+    generate_batch: int = 16  # generations advanced by one forward pass at the most
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_client_sessions <= self.max_sessions:
+            raise ValueError("max_client_sessions must be in [1, max_sessions]")
+        if not self.session_ttl_s > 0:
+            raise ValueError(f"session_ttl_s must be > 0, got {self.session_ttl_s}")
+        if min(self.max_draft, self.max_batch, self.queue_limit) < 1 or self.max_wait_ms < 0:
+            raise ValueError("max_draft, max_batch, queue_limit >= 1 and max_wait_ms >= 0")
+        self.generation_limits()  # checks the generation bounds
+
+    def generation_limits(self) -> GenerationLimits:
+        """The bounds of cloud-only generation."""
+        return GenerationLimits(
+            self.max_generations, self.max_client_generations, self.generate_batch
+        )
+
+    @property
+    def sweep_every_s(self) -> float:
+        """How often idle sessions are looked for: often enough to free them near their TTL."""
+        return min(max(self.session_ttl_s / 4, 0.01), 5.0)
 
 
 @dataclass(frozen=True)
@@ -78,6 +100,8 @@ class Session:
     params: SamplingParams
     rng: np.random.Generator
     last_used: float
+    owner: object | None = None  # the caller (verify stream) that opened it; only it may use it
+    client: str = ""  # who holds it, for the per-client share of sessions
     last_result: RoundResult | None = None
     busy: bool = False
 
@@ -98,11 +122,9 @@ class EngineStats:
     accepted: int = 0
     batches: int = 0
     batched_rounds: int = 0
-    model_cpu_s: float = 0.0
-    busy_s: float = 0.0
     generated_tokens: int = 0
     expired_sessions: int = 0
-    rejected: int = 0
+    rejected: int = 0  # requests refused with a status, each counted once (by the servicer)
 
 
 class VerifyEngine:
@@ -115,68 +137,116 @@ class VerifyEngine:
         self.stats = EngineStats()
         self.started = time.monotonic()
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=config.queue_limit)
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model")
-        self._worker: asyncio.Task[None] | None = None
+        self.thread = ModelThread()
+        self.generation = GenerationBatcher(lm, self.thread, config.generation_limits())
+        self._tasks: list[asyncio.Task[None]] = []
         self.costs = CostTracker()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        """Start the batching worker on the running loop."""
-        if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._run())
+        """Start the batching worker and the session sweeper on the running loop."""
+        if not self._tasks:
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._run()), loop.create_task(self._sweep())]
+            self.generation.start()
 
     async def stop(self) -> None:
-        """Stop the worker; pending rounds fail."""
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
-            self._worker = None
+        """Stop the workers; pending rounds and generations fail as unavailable."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await self.generation.stop()
         while not self._queue.empty():
             p = self._queue.get_nowait()
             if not p.future.done():
-                p.future.set_exception(RequestError("exhausted", "cloud node is stopping"))
-        self._pool.shutdown(wait=False, cancel_futures=True)
+                p.future.set_exception(RequestError("unavailable", "cloud node is stopping"))
+        self.thread.shutdown()
 
-    async def run_model(self, fn: Callable[[], T]) -> tuple[T, float, float]:
-        """Run ``fn`` on the model thread; return its result, wall ms and thread CPU seconds."""
+    async def run_model(
+        self, fn: Callable[[], T], priority: Priority = Priority.GENERATE
+    ) -> tuple[T, float, float]:
+        """Run ``fn`` on the model thread once granted at ``priority``; its result, wall ms and
+        thread CPU seconds."""
+        return await self.thread.run(fn, priority)
 
-        def timed() -> tuple[T, float, float]:
-            t0, c0 = time.perf_counter(), time.thread_time()
-            out = fn()
-            return out, (time.perf_counter() - t0) * 1e3, time.thread_time() - c0
-
-        out, ms, cpu = await asyncio.get_running_loop().run_in_executor(self._pool, timed)
-        self.stats.busy_s += ms / 1e3
-        self.stats.model_cpu_s += cpu
-        return out, ms, cpu
+    def busy_seconds(self) -> float:
+        """Wall seconds the model thread has computed, the call in progress included."""
+        return self.thread.busy_seconds()
 
     # ------------------------------------------------------------------ sessions
-    def open(self, session_id: str, prompt: Sequence[int], params: SamplingParams) -> int:
-        """Open (or reopen) a session over ``prompt``; return the committed length."""
+    def open(
+        self,
+        session_id: str,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        *,
+        owner: object | None = None,
+        client: str = "",
+    ) -> int:
+        """Open (or, for its owner, reopen) a session over ``prompt``; the committed length.
+
+        ``owner`` is the caller the session belongs to (one verify stream): only callers passing
+        the same object may verify, reopen or close it. ``client`` is who holds it, for the
+        per-client share of sessions.
+        """
         self.expire()
         if not session_id or len(session_id) > 128:
             raise RequestError("invalid", "session_id must be 1 to 128 characters")
-        if not prompt:
-            raise RequestError("invalid", "prompt must hold at least one token")
-        if len(prompt) >= self.lm.max_len:
-            raise RequestError(
-                "invalid", f"prompt of {len(prompt)} tokens exceeds max_len {self.lm.max_len}"
-            )
-        self._check_vocab(prompt, "prompt")
-        if session_id not in self.sessions and len(self.sessions) >= self.config.max_sessions:
-            raise RequestError("exhausted", f"all {self.config.max_sessions} sessions are in use")
+        self._check_prompt(prompt)
+        held = self.sessions.get(session_id)
+        if held is not None and held.owner is not owner:
+            raise RequestError("exists", f"session_id {session_id!r} is held by another stream")
+        if held is None:
+            self._admit_session(client)
         self.sessions[session_id] = Session(
             self.lm.session(),
             list(prompt),
             params,
             np.random.default_rng(params.seed),
             time.monotonic(),
+            owner,
+            client,
         )
         return len(prompt)
 
-    def close(self, session_id: str) -> bool:
-        """Forget a session; False when it was not open."""
-        return self.sessions.pop(session_id, None) is not None
+    def _admit_session(self, client: str) -> None:
+        c = self.config
+        if len(self.sessions) >= c.max_sessions:
+            raise RequestError("exhausted", f"all {c.max_sessions} sessions are in use")
+        held = sum(1 for s in self.sessions.values() if s.client == client)
+        if held >= c.max_client_sessions:
+            raise RequestError(
+                "exhausted",
+                f"client {client!r} holds {held} sessions, its share of {c.max_sessions}",
+            )
+
+    def close(self, session_id: str, owner: object | None = None) -> bool:
+        """Forget a session of ``owner``; False when it was not open. NOT_FOUND-kind
+        RequestError when another owner holds it."""
+        if self.sessions.get(session_id) is None:
+            return False
+        self._session(session_id, owner)
+        del self.sessions[session_id]
+        return True
+
+    def close_owned(self, owner: object) -> int:
+        """Forget every session of ``owner`` (its stream ended); how many there were."""
+        mine = [k for k, s in self.sessions.items() if s.owner is owner]
+        for k in mine:
+            del self.sessions[k]
+        return len(mine)
+
+    def _session(self, session_id: str, owner: object | None) -> Session:
+        s = self.sessions.get(session_id)
+        if s is None or s.owner is not owner:  # another stream's session does not exist for us
+            raise RequestError("not_found", f"unknown session {session_id!r} on this stream")
+        return s
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweep_every_s)
+            self.expire()
 
     def expire(self) -> int:
         """Drop sessions idle past the TTL."""
@@ -191,22 +261,30 @@ class VerifyEngine:
         self.stats.expired_sessions += len(dead)
         return len(dead)
 
-    def _check_vocab(self, tokens: Sequence[int], field_name: str) -> None:
+    def _check_vocab(self, tokens: Sequence[int] | np.ndarray, field_name: str) -> None:
         v = self.lm.vocab_size
-        for t in tokens:
-            if not 0 <= t < v:
-                raise RequestError("invalid", f"{field_name}: token id {t} outside [0, {v})")
+        ids = np.asarray(tokens, dtype=np.int64)
+        bad = np.nonzero((ids < 0) | (ids >= v))[0]
+        if len(bad):
+            raise RequestError("invalid", f"{field_name}: token id {ids[bad[0]]} outside [0, {v})")
+
+    def _check_prompt(self, prompt: Sequence[int]) -> None:
+        if not prompt:
+            raise RequestError("invalid", "prompt must hold at least one token")
+        if len(prompt) >= self.lm.max_len:
+            raise RequestError(
+                "invalid", f"prompt of {len(prompt)} tokens exceeds max_len {self.lm.max_len}"
+            )
+        self._check_vocab(prompt, "prompt")
 
     # ------------------------------------------------------------------ verification
-    def validate(self, r: Round) -> Session:
+    def validate(self, r: Round, owner: object | None = None) -> Session:
         """The round's session, or a RequestError naming what is wrong with the round."""
-        s = self.sessions.get(r.session_id)
-        if s is None:
-            raise RequestError("not_found", f"unknown session {r.session_id!r}")
+        s = self._session(r.session_id, owner)
         k = len(r.proposal.tokens)
         if not 1 <= k <= self.config.max_draft:
             raise RequestError("invalid", f"draft length {k} outside [1, {self.config.max_draft}]")
-        self._check_vocab(r.proposal.tokens.tolist(), "draft")
+        self._check_vocab(r.proposal.tokens, "draft")
         if r.base_position + k > self.lm.max_len - 1:
             raise RequestError(
                 "invalid",
@@ -216,9 +294,9 @@ class VerifyEngine:
             raise RequestError("invalid", "q: sampled requests must send draft distributions")
         return s
 
-    async def submit(self, r: Round) -> RoundResult:
-        """Verify one round (batched with others); idempotent on round_id."""
-        s = self.validate(r)
+    async def submit(self, r: Round, owner: object | None = None) -> RoundResult:
+        """Verify one round of ``owner``'s session (batched with others); idempotent on round_id."""
+        s = self.validate(r, owner)
         last = s.last_result
         if last is not None and last.round_id == r.round_id:
             return last  # a retry: answer again, apply nothing twice
@@ -233,8 +311,7 @@ class VerifyEngine:
         fut: asyncio.Future[RoundResult] = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait(_Pending(r, fut, s))
-        except asyncio.QueueFull:
-            self.stats.rejected += 1
+        except asyncio.QueueFull:  # counted as a rejection where it is answered, once
             raise RequestError(
                 "exhausted", f"verify queue full ({self.config.queue_limit} rounds waiting)"
             ) from None
@@ -247,7 +324,8 @@ class VerifyEngine:
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        """Verify rounds and generations waiting for the model."""
+        return self._queue.qsize() + self.generation.waiting
 
     async def _run(self) -> None:
         while True:
@@ -261,10 +339,15 @@ class VerifyEngine:
                 continue
             try:
                 results = await self._serve(live)
+            except RequestError as err:  # the node is stopping
+                for p in live:
+                    if not p.future.done():
+                        p.future.set_exception(RequestError(err.kind, str(err)))
+                continue
             except Exception as exc:  # a model failure fails its rounds, never the worker
                 for p in live:
                     if not p.future.done():
-                        p.future.set_exception(exc)
+                        p.future.set_exception(model_failure("verify pass", exc))
                 continue
             for p, res in zip(live, results, strict=True):
                 if not p.future.done():
@@ -278,7 +361,9 @@ class VerifyEngine:
             s.lm_session.truncate(cached)
             feeds.append(s.committed[cached:n] + p.round.proposal.tokens.tolist())
         sessions = [p.session.lm_session for p in batch]
-        logits, ms, cpu = await self.run_model(lambda: self.lm.extend_batch(sessions, feeds))
+        logits, ms, cpu = await self.run_model(
+            lambda: self.lm.extend_batch(sessions, feeds), Priority.VERIFY
+        )
         self.costs.observe_verify(sum(len(f) for f in feeds), ms)
         results = []
         for p, lg in zip(batch, logits, strict=True):
@@ -309,24 +394,22 @@ class VerifyEngine:
 
     # ------------------------------------------------------------------ cloud-only generation
     async def generate(
-        self, prompt: Sequence[int], params: SamplingParams, max_new: int, eos_id: int | None
-    ) -> tuple[list[int], float, float]:
-        """Autoregressive target generation; tokens, wall ms, CPU seconds."""
-        if not prompt:
-            raise RequestError("invalid", "prompt must hold at least one token")
-        if len(prompt) >= self.lm.max_len:
-            raise RequestError(
-                "invalid", f"prompt of {len(prompt)} tokens exceeds max_len {self.lm.max_len}"
-            )
+        self,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        max_new: int,
+        eos_id: int | None,
+        client: str = "",
+    ) -> Generated:
+        """Autoregressive target generation, batched with other generations; RequestError
+        ("exhausted") when the generation queue or ``client``'s share of it is full."""
         if max_new < 1:
             raise RequestError("invalid", "max_new_tokens must be at least 1")
-        self._check_vocab(prompt, "prompt")
-        tokens, ms, cpu = await self.run_model(
-            lambda: generate(self.lm, prompt, params, max_new, eos_id)
-        )
-        self.stats.generated_tokens += len(tokens)
-        self.costs.observe_generate(len(tokens), ms)
-        return tokens, ms, cpu
+        self._check_prompt(prompt)
+        out = await self.generation.generate(prompt, params, max_new, eos_id, client)
+        self.stats.generated_tokens += len(out.tokens)
+        self.costs.observe_generate(len(out.tokens), out.model_ms)
+        return out
 
     def metrics(self) -> dict[str, float]:
         """Counters and gauges of the engine."""
@@ -342,9 +425,11 @@ class VerifyEngine:
             "mean_accepted_length": 1 + st.accepted / st.rounds if st.rounds else 0.0,
             "batches": float(st.batches),
             "mean_batch_size": st.batched_rounds / st.batches if st.batches else 0.0,
-            "model_cpu_s": st.model_cpu_s,
-            "busy_fraction": min(1.0, st.busy_s / up),
+            "model_cpu_s": self.thread.cpu_s,
+            "busy_fraction": min(1.0, max(0.0, self.busy_seconds() / up)),
             "generated_tokens": float(st.generated_tokens),
+            "generations_active": float(self.generation.active),
+            "generation_passes": float(self.generation.passes),
             "expired_sessions": float(st.expired_sessions),
-            "rejected_rounds": float(st.rejected),
+            "rejected_requests": float(st.rejected),
         }

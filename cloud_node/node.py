@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from cloud_node.engine import EngineConfig, VerifyEngine
 from cloud_node.service import CloudServicer
 from cloud_node.steps import StepService
 from models.base import CausalLM, Tokenizer
+from models.fingerprint import fingerprint
 from models.reasoning.protocols import StepScorer
 from node_runtime.lifecycle import RateWindow, run_node
 from node_runtime.serving import aio_server, bind, log_event
@@ -45,8 +48,10 @@ class CloudNode:
     servicer: CloudServicer
 
     async def stop(self, grace: float = 1.0) -> None:
-        """Stop serving, then stop the engine."""
+        """Stop serving, then stop the step service and the engine."""
         await self.server.stop(grace)  # type: ignore[attr-defined]
+        if self.servicer.steps is not None:
+            await self.servicer.steps.stop()
         await self.engine.stop()
 
 
@@ -63,7 +68,7 @@ async def start_cloud(
     address = bind(server, config.host, config.port)
     node_id = config.node_id or f"cloud-{address}"
     steps = build_steps(engine, lm, tokenizer, config.scorers) if tokenizer else None
-    servicer = CloudServicer(engine, node_id, eos_id, steps)
+    servicer = CloudServicer(engine, node_id, eos_id, steps, tokenizer)
     pb_grpc.add_CloudServicer_to_server(servicer, server)
     await server.start()
     log_event(log, "cloud_listening", address=address, node_id=node_id, model=lm.name)
@@ -118,33 +123,49 @@ async def run_cloud(config: CloudConfig, ready_file: Path | None = None) -> None
         models=[model_info(lm, config.model.split(":", 1)[0])],
         device="cpu",
         max_sessions=config.engine.max_sessions,
+        tokenizer=fingerprint(tok),
     )
-    window = RateWindow()
+    probe = LoadProbe(node.engine)
     await run_node(
-        info,
-        "cloud",
-        config.coordinator,
-        lambda: _load(node.engine, window.rate("busy_s", node.engine.stats.busy_s)),
-        lambda: _reading(node.engine, window),
-        node.stop,
-        ready_file,
+        info, "cloud", config.coordinator, probe.heartbeat, probe.reading, node.stop, ready_file
     )
 
 
-def _reading(engine: VerifyEngine, window: RateWindow) -> Reading:
-    m, st = engine.metrics(), engine.stats
-    # tokens the target produced: generated, plus kept drafts and one token per verify round
-    produced = st.generated_tokens + st.accepted + st.rounds
-    return Reading(
-        active_sessions=int(m["sessions_active"]),
-        queue_depth=int(m["queue_depth"]),
-        busy_fraction=min(1.0, window.rate("busy_s", st.busy_s)),
-        tokens_per_s=window.rate("tokens", produced),
-        extra=engine.costs.figures(),
-    )
+class LoadProbe:
+    """The node's load as heartbeats and telemetry report it.
 
+    Each consumer has its own rate window (a sample restarts the window it is taken from), and
+    the busy fraction is measured from the model thread's busy time, the running call included,
+    and kept in [0, 1].
+    """
 
-def _load(engine: VerifyEngine, busy: float) -> pb.NodeLoad:
-    return pb.NodeLoad(
-        active_sessions=len(engine.sessions), queue_depth=engine.queue_depth, busy_fraction=busy
-    )
+    def __init__(self, engine: VerifyEngine, clock: Callable[[], float] = time.monotonic) -> None:
+        self.engine = engine
+        self._heartbeat = RateWindow(clock=clock)
+        self._telemetry = RateWindow(clock=clock)
+
+    def heartbeat(self) -> pb.NodeLoad:
+        """The load a heartbeat carries: busy fraction since the previous heartbeat."""
+        e = self.engine
+        return pb.NodeLoad(
+            active_sessions=len(e.sessions),
+            queue_depth=e.queue_depth,
+            busy_fraction=self._heartbeat.busy_fraction("busy_s", e.busy_seconds()),
+            tokens_per_s=self._heartbeat.rate("tokens", self._produced()),
+        )
+
+    def reading(self) -> Reading:
+        """A telemetry sample: rates since the previous sample."""
+        e = self.engine
+        return Reading(
+            active_sessions=len(e.sessions),
+            queue_depth=e.queue_depth,
+            busy_fraction=self._telemetry.busy_fraction("busy_s", e.busy_seconds()),
+            tokens_per_s=self._telemetry.rate("tokens", self._produced()),
+            extra=e.costs.figures(),
+        )
+
+    def _produced(self) -> int:
+        # tokens the target produced: generated, plus kept drafts and one token per verify round
+        st = self.engine.stats
+        return st.generated_tokens + st.accepted + st.rounds

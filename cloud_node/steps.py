@@ -1,7 +1,8 @@
 """Reasoning steps on the cloud: scoring partial solutions (batched across calls) and writing steps.
 
 Scoring calls from concurrent requests wait in one bounded queue; whenever the model thread is
-free, everything queued is scored in one pass, the way verify rounds are batched.
+free, everything queued is scored in one pass, the way verify rounds are batched. Step work goes
+on the model thread after verify rounds and before cloud-only generation.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from cloud_node.engine import RequestError, VerifyEngine
+from cloud_node.engine import VerifyEngine
+from cloud_node.errors import RequestError, model_failure
+from cloud_node.model_thread import Priority
 from models.reasoning.proposer import LMStepProposer, StepDraft
 from models.reasoning.protocols import Item, StepScorer
 
@@ -82,6 +85,17 @@ class StepService:
             "draft_tokens_kept": 0,
         }
 
+    async def stop(self) -> None:
+        """Stop the scoring worker; calls still queued fail as unavailable."""
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+        while not self._queue.empty():
+            p = self._queue.get_nowait()
+            if not p.future.done():
+                p.future.set_exception(RequestError("unavailable", "cloud node is stopping"))
+
     def _check(self, items: Sequence[Item]) -> None:
         c = self.config
         if not items or len(items) > c.max_items:
@@ -130,11 +144,18 @@ class StepService:
             items = [it for p in take for it in p.items]
             scorer = self.scorers[name]
             try:
-                scores, ms, _ = await self.engine.run_model(partial(scorer.score_batch, items))
+                scores, ms, _ = await self.engine.run_model(
+                    partial(scorer.score_batch, items), Priority.STEPS
+                )
+            except RequestError as err:  # the node is stopping
+                for p in take:
+                    if not p.future.done():
+                        p.future.set_exception(RequestError(err.kind, str(err)))
+                continue
             except Exception as exc:  # a scorer failure fails its calls, never the worker
                 for p in take:
                     if not p.future.done():
-                        p.future.set_exception(exc)
+                        p.future.set_exception(model_failure("scoring pass", exc))
                 continue
             self.counts["scored_items"] += len(items)
             self.counts["score_passes"] += 1
@@ -160,7 +181,7 @@ class StepService:
         the same, but the target decodes only past the part of the draft it agrees with.
         """
         if self.writer is None:
-            raise RequestError("invalid", "this cloud node writes no steps (no tokenizer)")
+            raise RequestError("precondition", "this cloud node writes no steps (no tokenizer)")
         self._check([(question, [*steps, draft])])
         try:
             writer = self.writer.with_delimiter(delimiter)
@@ -169,11 +190,11 @@ class StepService:
         cap = max_tokens or None
         if draft and temperature <= 0:
             (step, kept), ms, _ = await self.engine.run_model(
-                lambda: writer.rewrite(question, steps, draft, cap)
+                lambda: writer.rewrite(question, steps, draft, cap), Priority.STEPS
             )
         else:
             drafts, ms, _ = await self.engine.run_model(
-                lambda: writer.propose(question, [steps], 1, temperature, seed, cap)
+                lambda: writer.propose(question, [steps], 1, temperature, seed, cap), Priority.STEPS
             )
             step, kept = drafts[0][0], 0
         self.counts["steps_written"] += 1

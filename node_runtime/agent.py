@@ -2,7 +2,9 @@
 
 ``NodeAgent`` runs beside a node's own server. It never raises into the node when the coordinator
 is down or restarts: it logs, retries with a backoff capped at the heartbeat interval, and
-registers again (keeping its node id) as soon as the coordinator answers.
+registers again (keeping its node id) as soon as the coordinator answers. A heartbeat refused for
+a bad load figure is the node's own bug, not a lost registration: it is logged, and liveness goes
+through with the last load the coordinator accepted.
 """
 
 from __future__ import annotations
@@ -86,7 +88,15 @@ class NodeAgent:
         self._task: asyncio.Task[None] | None = None
         self._registered = asyncio.Event()
         self.last_error = ""  # why the last RPC (or pick) failed, for the node's own reports
-        self.counts = {"registrations": 0, "heartbeats": 0, "failures": 0, "pick_failures": 0}
+        self._accepted_load = pb.NodeLoad()  # the last load the coordinator took
+        self._refusals = 0  # heartbeats refused in a row
+        self.counts = {
+            "registrations": 0,
+            "heartbeats": 0,
+            "refused_heartbeats": 0,
+            "failures": 0,
+            "pick_failures": 0,
+        }
 
     @property
     def node_id(self) -> str:
@@ -237,10 +247,29 @@ class NodeAgent:
         except Exception as err:  # a broken load probe must not stop heartbeats
             log_event(log, "load_fn_failed", logging.WARNING, error=repr(err))
             load = pb.NodeLoad()
-        request = pb.HeartbeatRequest(node_id=self.node_id, load=load)
-        reply = await self._stub.Heartbeat(request, timeout=self._deadline())
+        try:
+            reply = await self._send_heartbeat(load)
+            self._accepted_load, self._refusals = load, 0
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            self._refused(load, err)
+            reply = await self._send_heartbeat(self._accepted_load)  # liveness still counts
         self.counts["heartbeats"] += 1
         return reply.known
+
+    async def _send_heartbeat(self, load: pb.NodeLoad) -> pb.HeartbeatReply:
+        assert self._stub is not None
+        request = pb.HeartbeatRequest(node_id=self.node_id, load=load)
+        return await self._stub.Heartbeat(request, timeout=self._deadline())
+
+    def _refused(self, load: pb.NodeLoad, err: grpc.aio.AioRpcError) -> None:
+        self._refusals += 1
+        self.counts["refused_heartbeats"] += 1
+        self.last_error = _describe(err)
+        level = logging.WARNING if self._refusals == 1 else logging.DEBUG  # once per run of them
+        load_text = " ".join(str(load).split())
+        log_event(log, "heartbeat_refused", level, error=self.last_error, load=load_text)
 
 
 def _describe(err: BaseException) -> str:

@@ -17,21 +17,36 @@ log = logging.getLogger("node_runtime.lifecycle")
 
 
 class RateWindow:
-    """Per-second rates of growing counters since the previous sample (not since start)."""
+    """Per-second rates of growing counters since the previous sample (not since start).
 
-    def __init__(self, min_window_s: float = 0.05) -> None:
+    A window belongs to one consumer: each sample restarts the window, so two consumers sharing
+    one would each measure only the time since the other's last sample.
+    """
+
+    def __init__(
+        self, min_window_s: float = 0.05, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.min_window_s = min_window_s  # samples closer than this keep the previous rate
+        self._clock = clock  # seconds, monotonic
         self._last: dict[str, tuple[float, float]] = {}
         self._rate: dict[str, float] = {}
 
     def rate(self, name: str, value: float) -> float:
         """How fast ``value`` grew per second since the last call for ``name``."""
-        now = time.monotonic()
+        now = self._clock()
         t0, v0 = self._last.setdefault(name, (now, value))
         if now - t0 >= self.min_window_s:
             self._rate[name] = max(0.0, (value - v0) / (now - t0))
             self._last[name] = (now, value)
         return self._rate.get(name, 0.0)
+
+    def busy_fraction(self, name: str, busy_s: float) -> float:
+        """The share of the window that ``busy_s`` (seconds spent working) grew by, in [0, 1].
+
+        Work is often counted when it ends, so a long call finishing inside a short window
+        would read as more than the whole window; a fraction is never above 1.
+        """
+        return min(1.0, self.rate(name, busy_s))
 
 
 async def run_node(
