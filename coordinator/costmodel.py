@@ -8,12 +8,20 @@ Simulations import these functions; the coordinator calls them on its live snaps
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-EDGE_ONLY, CLOUD_ONLY, SPECULATION = "edge-only", "cloud-only", "speculation"
-OBJECTIVES = ("latency", "cloud_cost", "mix")
-QUALITY_FLOORS = ("target", "any")
+from models.metrics import (
+    PRIOR_ACCEPTANCE,
+    PRIOR_VERIFY_BASE_MS,
+    PRIOR_VERIFY_PER_TOKEN_MS,
+    expected_tokens_per_round,
+    round_ms,
+    verify_ms,
+)
+from node_runtime.kinds import Mode, Objective, QualityFloor
+
 DEFAULT_K_CHOICES = (1, 2, 3, 4, 6, 8)
 
 
@@ -23,11 +31,12 @@ class CloudView:
 
     node_id: str
     target_ms_per_token: float = 2.0  # autoregressive target time per token, unloaded
-    verify_base_ms: float = 2.0  # verify pass, fixed part
-    verify_per_token_ms: float = 0.2  # verify pass, per drafted token
+    verify_base_ms: float = PRIOR_VERIFY_BASE_MS  # verify pass, fixed part
+    verify_per_token_ms: float = PRIOR_VERIFY_PER_TOKEN_MS  # verify pass, per token fed (k + 1)
     busy_fraction: float = 0.0  # share of time its model thread is busy (0..1)
     queue_depth: int = 0  # verify rounds waiting
     model: str = ""  # target model name
+    tokenizer: str = ""  # tokenizer fingerprint; speculation needs the edge's to be the same
 
     def wait_ms(self) -> float:
         """Expected wait of one model call behind other work (M/M/1: rho / (1 - rho) passes).
@@ -36,7 +45,7 @@ class CloudView:
         pass in progress and the queue ahead of it, so every call pays this once.
         """
         rho = min(max(self.busy_fraction, 0.0), 0.9)
-        pass_ms = self.verify_base_ms + 4 * self.verify_per_token_ms
+        pass_ms = verify_ms(self.verify_base_ms, self.verify_per_token_ms, 3)  # a typical round
         return (rho / (1.0 - rho) + self.queue_depth) * pass_ms
 
 
@@ -49,7 +58,12 @@ class EdgeView:
     rtt_ms: Mapping[str, float] = field(default_factory=dict)  # measured round trip per cloud id
     acceptance: Mapping[str, float] = field(default_factory=dict)  # per-token, per cloud model
     default_rtt_ms: float = 50.0  # assumed for a cloud it has not measured yet
-    default_acceptance: float = 0.7  # assumed before any round was verified
+    default_acceptance: float = PRIOR_ACCEPTANCE  # assumed before any round was verified
+    tokenizer: str = ""  # tokenizer fingerprint; token ids go only to clouds with the same one
+
+    def shares_tokenizer(self, cloud: CloudView) -> bool:
+        """Whether token ids mean the same on both ends: the advertised fingerprints are equal."""
+        return self.tokenizer == cloud.tokenizer
 
 
 @dataclass(frozen=True)
@@ -57,26 +71,29 @@ class Request:
     """What a request wants."""
 
     new_tokens: int  # tokens to generate
-    objective: str = "latency"  # latency, cloud_cost or mix
-    quality_floor: str = "target"  # target: lossless modes only; any: edge-only allowed
+    objective: Objective = Objective.LATENCY  # what the plan minimises
+    quality_floor: QualityFloor = QualityFloor.TARGET  # TARGET: lossless modes only
     cost_weight: float = 1.0  # mix: latency seconds one cloud CPU-second is worth
     exclude: Sequence[str] = ()  # cloud ids not to use
     k_choices: Sequence[int] = DEFAULT_K_CHOICES  # draft lengths to consider
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective {self.objective!r} not in {OBJECTIVES}")
-        if self.quality_floor not in QUALITY_FLOORS:
-            raise ValueError(f"quality_floor {self.quality_floor!r} not in {QUALITY_FLOORS}")
+        if not isinstance(self.objective, Objective):
+            raise ValueError(f"objective: {self.objective!r} is not an Objective")
+        if not isinstance(self.quality_floor, QualityFloor):
+            raise ValueError(f"quality_floor: {self.quality_floor!r} is not a QualityFloor")
         if self.new_tokens < 1:
-            raise ValueError("new_tokens must be at least 1")
+            raise ValueError("new_tokens: must be at least 1")
+        # inf x 0 cloud CPU (edge-only) is NaN, and NaN costs make every plan compare false
+        if not (math.isfinite(self.cost_weight) and self.cost_weight >= 0):
+            raise ValueError(f"cost_weight: must be finite and >= 0, got {self.cost_weight}")
 
 
 @dataclass(frozen=True)
 class Prediction:
     """One mode on one cloud (none for edge-only), with its predicted latency and compute."""
 
-    mode: str
+    mode: Mode
     k: int
     cloud_id: str
     latency_s: float
@@ -84,51 +101,58 @@ class Prediction:
     cost: float = 0.0
 
 
-def expected_per_round(a: float, k: int) -> float:
-    """(1 - a^(k+1)) / (1 - a): tokens one verify round adds."""
-    a = min(max(a, 0.0), 0.999999)
-    return (1 - a ** (k + 1)) / (1 - a)
+def predict(edge: EdgeView, cloud: CloudView | None, mode: Mode, k: int, n: int) -> Prediction:
+    """Latency and cloud CPU of ``n`` tokens in ``mode`` (k drafts a round for speculation).
+
+    Figures are read as at least zero, so a bad measurement can never predict negative time.
+    """
+    p = _predict(edge, cloud, mode, k, n)
+    return Prediction(p.mode, p.k, p.cloud_id, max(p.latency_s, 0.0), max(p.cloud_cpu_s, 0.0))
 
 
-def predict(edge: EdgeView, cloud: CloudView | None, mode: str, k: int, n: int) -> Prediction:
-    """Latency and cloud CPU of ``n`` tokens in ``mode`` (k drafts a round for speculation)."""
-    if mode == EDGE_ONLY:
+def _predict(edge: EdgeView, cloud: CloudView | None, mode: Mode, k: int, n: int) -> Prediction:
+    if mode is Mode.EDGE_ONLY:
         return Prediction(mode, 0, "", n * edge.draft_ms_per_token / 1e3, 0.0)
     assert cloud is not None, f"{mode} needs a cloud"
     rtt = edge.rtt_ms.get(cloud.node_id, edge.default_rtt_ms)
     wait = cloud.wait_ms()
-    if mode == CLOUD_ONLY:
+    if mode is Mode.CLOUD_ONLY:
         compute = n * cloud.target_ms_per_token
         return Prediction(mode, 0, cloud.node_id, (rtt + wait + compute) / 1e3, compute / 1e3)
     a = edge.acceptance.get(cloud.model, edge.default_acceptance)
-    rounds = n / expected_per_round(a, k)
-    verify = cloud.verify_base_ms + k * cloud.verify_per_token_ms
-    round_ms = rtt + k * edge.draft_ms_per_token + wait + verify
+    rounds = n / expected_tokens_per_round(a, k)
+    verify = verify_ms(cloud.verify_base_ms, cloud.verify_per_token_ms, k)
+    per_round = round_ms(rtt, k, edge.draft_ms_per_token, verify, wait)
     # one extra round trip opens the session
     return Prediction(
-        mode, k, cloud.node_id, (rtt + rounds * round_ms) / 1e3, rounds * verify / 1e3
+        mode, k, cloud.node_id, (rtt + rounds * per_round) / 1e3, rounds * verify / 1e3
     )
 
 
 def objective_cost(p: Prediction, r: Request) -> float:
     """The number the plan minimises."""
-    if r.objective == "latency":
+    if r.objective is Objective.LATENCY:
         return p.latency_s
-    if r.objective == "cloud_cost":
+    if r.objective is Objective.CLOUD_COST:
         return p.cloud_cpu_s + 1e-3 * p.latency_s  # latency breaks ties
     return p.latency_s + r.cost_weight * p.cloud_cpu_s
 
 
 def candidates(edge: EdgeView, clouds: Sequence[CloudView], r: Request) -> list[Prediction]:
-    """Every admissible (mode, k, cloud), scored, best first."""
+    """Every admissible (mode, k, cloud), scored, best first.
+
+    Token speculation is admissible only on clouds that share the edge's tokenizer; cloud-only
+    carries text, so any cloud may serve it.
+    """
     out: list[Prediction] = []
-    if r.quality_floor == "any":
-        out.append(predict(edge, None, EDGE_ONLY, 0, r.new_tokens))
+    if r.quality_floor.allows(Mode.EDGE_ONLY):
+        out.append(predict(edge, None, Mode.EDGE_ONLY, 0, r.new_tokens))
     for c in clouds:
         if c.node_id in r.exclude:
             continue
-        out.append(predict(edge, c, CLOUD_ONLY, 0, r.new_tokens))
-        out += [predict(edge, c, SPECULATION, k, r.new_tokens) for k in r.k_choices]
+        out.append(predict(edge, c, Mode.CLOUD_ONLY, 0, r.new_tokens))
+        if edge.shares_tokenizer(c):
+            out += [predict(edge, c, Mode.SPECULATION, k, r.new_tokens) for k in r.k_choices]
     scored = [
         Prediction(p.mode, p.k, p.cloud_id, p.latency_s, p.cloud_cpu_s, objective_cost(p, r))
         for p in out

@@ -38,7 +38,12 @@ class NodeInfo:
     device: str = ""  # device profile, e.g. "cpu-2core"
     memory_bytes: int = 0  # 0 when unknown
     max_sessions: int = 0  # 0: the node states no session cap
-    telemetry_address: str = ""  # ZeroMQ PUB endpoint, empty when none
+    telemetry_address: str = ""  # ZeroMQ PUB endpoint (tcp://host:port), empty when none
+    tokenizer: str = ""  # fingerprint of its models' tokenizer; empty when not stated
+
+    def shares_tokenizer(self, fingerprint: str) -> bool:
+        """Whether token ids of a node with ``fingerprint`` mean the same here."""
+        return self.tokenizer == fingerprint
 
     def serves(self, model: str) -> bool:
         """True when ``model`` is empty (any model will do) or the node serves that model."""

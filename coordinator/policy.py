@@ -80,3 +80,33 @@ def why_none(snapshot: Snapshot, model: str, exclude: Collection[str]) -> str:
         return f"no live cloud node serves model {model!r} (served: {names})"
     what = f"model {model!r}" if model else "any model"
     return f"all {len(serving)} live cloud node(s) serving {what} are excluded"
+
+
+def sharing_tokenizer(snapshot: Snapshot, tokenizer: str) -> Snapshot:
+    """The snapshot without the cloud nodes whose tokenizer is not ``tokenizer``.
+
+    Token ids cross the wire only between nodes that share a tokenizer; an edge about to send
+    them picks from this.
+    """
+    kept = tuple(
+        status
+        for status in snapshot.nodes
+        if status.info.role is not Role.CLOUD or status.info.shares_tokenizer(tokenizer)
+    )
+    return Snapshot(taken_at=snapshot.taken_at, nodes=kept)
+
+
+def tokenizer_mismatch(
+    snapshot: Snapshot, model: str, exclude: Collection[str], tokenizer: str
+) -> str | None:
+    """Why no cloud fits when only tokenizers are in the way, naming both sides; else None."""
+    fits = candidates(snapshot, model, exclude)
+    if not fits or any(status.info.shares_tokenizer(tokenizer) for status in fits):
+        return None
+    theirs = ", ".join(
+        f"{status.info.node_id} has {status.info.tokenizer or 'none stated'}" for status in fits
+    )
+    return (
+        f"token speculation needs a cloud with the edge's tokenizer {tokenizer}: {theirs}; "
+        "cloud-only and step modes carry text and work across tokenizers"
+    )

@@ -24,16 +24,27 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from coordinator.convert import (
     InvalidField,
     exclude_from_wire,
+    job_from_wire,
     load_from_wire,
     node_from_wire,
     node_id_from_wire,
     node_to_wire,
+    plan_query_from_wire,
+    plan_to_wire,
 )
-from coordinator.jobs import NoPlan, Scheduler
-from coordinator.nodes import NodeStatus
-from coordinator.policy import DEFAULT_POLICY, POLICIES, why_none
+from coordinator.jobs import Scheduler
+from coordinator.nodes import NodeInfo, NodeStatus, Snapshot
+from coordinator.policy import (
+    DEFAULT_POLICY,
+    POLICIES,
+    sharing_tokenizer,
+    tokenizer_mismatch,
+    why_none,
+)
 from coordinator.registry import CoordinatorConfig, Registry, RegistryFull
+from coordinator.requests import NoPlan
 from coordinator.telemetry import TelemetryIntake
+from node_runtime.errors import Precondition
 from node_runtime.serving import aio_server, bind, log_event, setup_logging, write_ready
 from node_runtime.telemetry import Reading
 from tandem_wire.v1 import tandem_pb2 as pb
@@ -55,7 +66,13 @@ async def _invalid(context: grpc.aio.ServicerContext, err: InvalidField) -> NoRe
 
 
 class CoordinatorServicer(pb_grpc.CoordinatorServicer):
-    """Register, Heartbeat, Deregister, PickCloud, ListNodes over one ``Registry``."""
+    """Register, Heartbeat, Deregister, PickCloud, ListNodes, Plan, Submit over one ``Registry``.
+
+    Every failure leaves as a status with a message: bad input INVALID_ARGUMENT naming the field
+    (``InvalidField``), a full registry RESOURCE_EXHAUSTED, nothing that fits UNAVAILABLE, nodes
+    that cannot work together FAILED_PRECONDITION (``Precondition``); anything else the server's
+    interceptor turns into INTERNAL with an error id.
+    """
 
     def __init__(
         self,
@@ -103,6 +120,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             role=done.node.role.value,
             address=done.node.address,
             models=[spec.name for spec in done.node.models],
+            tokenizer=done.node.tokenizer,
         )
         self.telemetry.node_registered(done.node)
         return pb.RegisterReply(
@@ -140,17 +158,33 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     async def PickCloud(
         self, request: pb.PickCloudRequest, context: grpc.aio.ServicerContext
     ) -> pb.PickCloudReply:
-        """A cloud node for the edge; UNAVAILABLE with the reason when none fits."""
+        """A cloud node for the edge; UNAVAILABLE with the reason when none fits.
+
+        With ``tokenizer`` set (token ids will cross) only a cloud of that tokenizer fits, and
+        FAILED_PRECONDITION names both sides when only tokenizers are in the way. Without it, a
+        cloud sharing the registered edge's tokenizer is still preferred when there is one.
+        """
         try:
             edge_id = node_id_from_wire(request.edge_id, "edge_id", required=False)
             if len(request.model) > 256:
                 raise InvalidField("model", f"at most 256 characters, got {len(request.model)}")
             exclude = exclude_from_wire(request.exclude)
+            tokenizer = node_id_from_wire(request.tokenizer, "tokenizer", required=False)
         except InvalidField as err:
             await _invalid(context, err)
         snapshot = self.registry.snapshot()
-        chosen = self._policy(snapshot, edge_id, request.model, exclude)
         self._picks["picks_total"] += 1
+        if tokenizer:
+            chosen = self._policy(
+                sharing_tokenizer(snapshot, tokenizer), edge_id, request.model, exclude
+            )
+            mismatch = tokenizer_mismatch(snapshot, request.model, exclude, tokenizer)
+            if chosen is None and mismatch is not None:
+                self._picks["picks_unavailable_total"] += 1
+                log_event(log, "pick_tokenizer_mismatch", edge_id=edge_id, reason=mismatch)
+                raise Precondition(mismatch)
+        else:
+            chosen = self._prefer_own_tokenizer(snapshot, edge_id, request.model, exclude)
         if chosen is None:
             self._picks["picks_unavailable_total"] += 1
             reason = why_none(snapshot, request.model, exclude)
@@ -158,6 +192,19 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             await _abort(context, grpc.StatusCode.UNAVAILABLE, reason)
         log_event(log, "cloud_picked", logging.DEBUG, edge_id=edge_id, cloud=chosen.node_id)
         return pb.PickCloudReply(cloud=node_to_wire(chosen))
+
+    def _prefer_own_tokenizer(
+        self, snapshot: Snapshot, edge_id: str, model: str, exclude: frozenset[str]
+    ) -> NodeInfo | None:
+        """The policy's pick among clouds of the registered edge's tokenizer, else among all."""
+        edge = self.registry.get(edge_id) if edge_id else None
+        if edge is not None:
+            same = self._policy(
+                sharing_tokenizer(snapshot, edge.info.tokenizer), edge_id, model, exclude
+            )
+            if same is not None:
+                return same
+        return self._policy(snapshot, edge_id, model, exclude)
 
     async def ListNodes(
         self, request: pb.ListNodesRequest, context: grpc.aio.ServicerContext
@@ -172,9 +219,11 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     ) -> pb.PlanReply:
         """The scheduler's plan for one request of an edge; UNAVAILABLE when none is admissible."""
         try:
-            return self.scheduler.plan(request)
+            query = plan_query_from_wire(request)
         except InvalidField as err:
             await _invalid(context, err)
+        try:
+            return plan_to_wire(self.scheduler.plan(query))
         except NoPlan as err:
             await _abort(context, grpc.StatusCode.UNAVAILABLE, str(err))
 
@@ -183,10 +232,12 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     ) -> AsyncIterator[pb.JobEvent]:
         """Run a client's job on an edge node; stream its progress and its result."""
         try:
-            async for event in self.scheduler.submit(request):
-                yield event
+            job = job_from_wire(request)
         except InvalidField as err:
             await _invalid(context, err)
+        try:
+            async for event in self.scheduler.submit(job):
+                yield event
         except NoPlan as err:
             await _abort(context, grpc.StatusCode.UNAVAILABLE, str(err))
         except grpc.aio.AioRpcError as err:

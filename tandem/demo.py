@@ -23,12 +23,17 @@ MODES = {
     "edge-only": pb.MODE_EDGE_ONLY,
     "speculation": pb.MODE_TOKEN_SPECULATION,
 }
-# Used when the models are real checkpoints rather than the bundled task models.
+# Asked when a model is a real checkpoint (hf:...): its tokenizer has no use for the synthetic
+# task's questions, and its answers to them would mean nothing.
 TEXT_PROMPTS = (
     "The three primary colors are",
     "To boil an egg, first",
     "A Raspberry Pi is a small computer that",
     "The speed of light is",
+    "Write one sentence about why the sky is blue.",
+    "List three uses of a hash function.",
+    "The capital of France is",
+    "Explain in one sentence what a compiler does.",
 )
 
 
@@ -49,7 +54,8 @@ class DemoConfig:
 
     @property
     def bundled(self) -> bool:
-        return not self.target.startswith("hf")
+        """Both models are the bundled task models (or their exports), not real checkpoints."""
+        return not (self.target.startswith("hf:") or self.drafter.startswith("hf:"))
 
 
 @dataclass
@@ -79,19 +85,34 @@ class ModeStats:
         }
 
 
-def _wait_for_cloud(coordinator: str, timeout_s: float = 30.0) -> None:
-    async def poll() -> None:
+def _wait_for_nodes(coordinator: str, edges: int, timeout_s: float = 30.0) -> list[pb.NodeInfo]:
+    """The registered nodes, once a cloud and every edge are in."""
+
+    async def poll() -> list[pb.NodeInfo]:
         async with aio_channel(coordinator) as ch:
             stub = pb_grpc.CoordinatorStub(ch)
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
-                nodes = (await stub.ListNodes(pb.ListNodesRequest(), timeout=2)).nodes
-                if sum(n.role == pb.ROLE_CLOUD for n in nodes) >= 1:
-                    return
+                nodes = list((await stub.ListNodes(pb.ListNodesRequest(), timeout=2)).nodes)
+                roles = [n.role for n in nodes]
+                if roles.count(pb.ROLE_CLOUD) >= 1 and roles.count(pb.ROLE_EDGE) >= edges:
+                    return nodes
                 await asyncio.sleep(0.1)
-            raise TimeoutError("no cloud node registered with the coordinator")
+            raise TimeoutError("the cloud and edge nodes did not all register with the coordinator")
 
-    asyncio.run(poll())
+    return asyncio.run(poll())
+
+
+def _tokenizer_note(nodes: list[pb.NodeInfo]) -> str | None:
+    """Why token speculation cannot run here (edge and cloud tokenizers differ), or None."""
+    edge = {n.tokenizer for n in nodes if n.role == pb.ROLE_EDGE}
+    cloud = {n.tokenizer for n in nodes if n.role == pb.ROLE_CLOUD}
+    if edge <= cloud and len(cloud) == 1:
+        return None
+    return (
+        f"speculation skipped: the drafter's tokenizer ({', '.join(sorted(edge))}) is not the "
+        f"target's ({', '.join(sorted(cloud))}); token ids mean different words on each side"
+    )
 
 
 async def _run_mode(
@@ -161,8 +182,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             )
             for i in range(cfg.edges)
         ]
-        _wait_for_cloud(coord.address)
-        for mode in cfg.modes:
+        modes = list(cfg.modes)
+        note = _tokenizer_note(_wait_for_nodes(coord.address, cfg.edges))
+        if note is not None and "speculation" in modes:
+            print(note)
+            modes.remove("speculation")
+        for mode in modes:
             stats = asyncio.run(_run_mode([e.address for e in edges], mode, cfg, prompts))
             results[mode] = {**stats.summary(cfg.bundled), "samples": stats.samples[:5]}
     report = {

@@ -5,9 +5,6 @@ from __future__ import annotations
 import pytest
 
 from coordinator.costmodel import (
-    CLOUD_ONLY,
-    EDGE_ONLY,
-    SPECULATION,
     CloudView,
     EdgeView,
     Request,
@@ -15,6 +12,9 @@ from coordinator.costmodel import (
     plan,
     predict,
 )
+from node_runtime.kinds import Mode, Objective, QualityFloor
+
+EDGE_ONLY, CLOUD_ONLY, SPECULATION = Mode.EDGE_ONLY, Mode.CLOUD_ONLY, Mode.SPECULATION
 
 CLOUD = CloudView(
     "c1", target_ms_per_token=2.0, verify_base_ms=2.0, verify_per_token_ms=0.2, model="target"
@@ -31,13 +31,13 @@ def test_low_rtt_favours_speculation_and_high_rtt_cloud_only() -> None:
 
 
 def test_cloud_cost_objective_prefers_speculation_even_on_slow_links() -> None:
-    p = plan(edge(200.0), [CLOUD], Request(40, objective="cloud_cost"))
+    p = plan(edge(200.0), [CLOUD], Request(40, objective=Objective.CLOUD_COST))
     assert p.mode == SPECULATION and p.k >= 4
 
 
 def test_quality_floor_admits_edge_only_only_when_it_may() -> None:
     assert all(p.mode != EDGE_ONLY for p in candidates(edge(1.0), [CLOUD], Request(40)))
-    p = plan(edge(500.0), [CLOUD], Request(40, quality_floor="any"))
+    p = plan(edge(500.0), [CLOUD], Request(40, quality_floor=QualityFloor.ANY))
     assert p.mode == EDGE_ONLY and p.cloud_cpu_s == 0.0
 
 
@@ -53,14 +53,14 @@ def test_a_busy_cloud_costs_more_and_the_plan_picks_the_faster_one() -> None:
 
 
 def test_acceptance_drives_the_best_draft_length() -> None:
-    good = plan(edge(5.0, a=0.95), [CLOUD], Request(40, objective="cloud_cost"))
-    poor = plan(edge(5.0, a=0.3), [CLOUD], Request(40, objective="cloud_cost"))
+    good = plan(edge(5.0, a=0.95), [CLOUD], Request(40, objective=Objective.CLOUD_COST))
+    poor = plan(edge(5.0, a=0.3), [CLOUD], Request(40, objective=Objective.CLOUD_COST))
     assert good.k > poor.k
 
 
 def test_bad_requests_are_rejected() -> None:
     with pytest.raises(ValueError, match="objective"):
-        Request(10, objective="speed")
+        Request(10, objective="speed")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="quality_floor"):
-        Request(10, quality_floor="best")
+        Request(10, quality_floor="best")  # type: ignore[arg-type]
     assert plan(edge(1.0), [CLOUD], Request(10, exclude=["c1"])) is None

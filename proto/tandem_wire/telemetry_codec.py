@@ -3,7 +3,8 @@
 Wire format: two frames, ``TOPIC`` and one msgpack map (``"v": 1``). Fields may be added to v1
 (decoders ignore unknown keys); a change old decoders cannot read bumps ``"v"``. Decoding checks
 the frame size first, then msgpack limits, then the schema; anything else is a
-``TelemetryDecodeError`` that the subscriber counts and drops.
+``TelemetryDecodeError`` that the subscriber counts and drops. Counts, rates, round trips and
+extra fields named like durations (``*_ms``, ``*_ms_per_token``, ``*_s``) are never negative.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ MAX_PEERS = 1024  # rtt_ms entries per sample
 MAX_EXTRA = 256  # extra entries per sample
 _MAX_INT = 2**63 - 1
 _WIRE_KEYS = 16  # map entries the top level may hold, unknown future keys included
+# Extra fields named like durations are costs the scheduler adds up: never negative.
+DURATION_SUFFIXES = ("_ms", "_ms_per_token", "_s")
 
 Pair = tuple[str, str]  # (drafter model, target model)
 
@@ -122,6 +125,15 @@ def _map(value: Any, where: str, limit: int) -> dict[str, Any]:
     return value
 
 
+def is_duration(name: str) -> bool:
+    """Whether an extra field is a duration (a cost), which must be >= 0."""
+    return name.endswith(DURATION_SUFFIXES)
+
+
+def _extra(name: str, value: Any) -> float:
+    return _real(value, f"extra[{name}]", 0.0 if is_duration(name) else -math.inf)
+
+
 def _acceptance(value: Any) -> dict[Pair, AcceptanceStats]:
     if type(value) is not list or len(value) > MAX_PAIRS:
         _fail("schema", f"acceptance: a list of at most {MAX_PAIRS} entries")
@@ -157,7 +169,7 @@ def _from_wire(obj: Any) -> Sample:
         tokens_per_s=_real(top.get("tokens_per_s", 0.0), "tokens_per_s"),
         acceptance=_acceptance(top.get("acceptance", [])),
         rtt_ms={_name(k, "rtt_ms key"): _real(v, f"rtt_ms[{k}]") for k, v in rtt.items()},
-        extra={_name(k, "extra key"): _real(v, f"extra[{k}]", -math.inf) for k, v in extra.items()},
+        extra={_name(k, "extra key"): _extra(k, v) for k, v in extra.items()},
     )
     return Sample(
         node_id=_name(top.get("node_id"), "node_id"),

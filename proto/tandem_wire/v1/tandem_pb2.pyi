@@ -70,7 +70,7 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., parameters: _Optional[int] = ..., vocab_size: _Optional[int] = ..., backend: _Optional[str] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "role", "address", "models", "device", "memory_bytes", "max_sessions", "telemetry_address")
+    __slots__ = ("node_id", "role", "address", "models", "device", "memory_bytes", "max_sessions", "telemetry_address", "tokenizer")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,7 @@ class NodeInfo(_message.Message):
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     role: Role
     address: str
@@ -87,7 +88,8 @@ class NodeInfo(_message.Message):
     memory_bytes: int
     max_sessions: int
     telemetry_address: str
-    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., address: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., device: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., max_sessions: _Optional[int] = ..., telemetry_address: _Optional[str] = ...) -> None: ...
+    tokenizer: str
+    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., address: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., device: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., max_sessions: _Optional[int] = ..., telemetry_address: _Optional[str] = ..., tokenizer: _Optional[str] = ...) -> None: ...
 
 class NodeLoad(_message.Message):
     __slots__ = ("active_sessions", "queue_depth", "busy_fraction", "tokens_per_s")
@@ -142,14 +144,16 @@ class DeregisterReply(_message.Message):
     def __init__(self, removed: _Optional[bool] = ...) -> None: ...
 
 class PickCloudRequest(_message.Message):
-    __slots__ = ("edge_id", "model", "exclude")
+    __slots__ = ("edge_id", "model", "exclude", "tokenizer")
     EDGE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FIELD_NUMBER: _ClassVar[int]
     edge_id: str
     model: str
     exclude: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, edge_id: _Optional[str] = ..., model: _Optional[str] = ..., exclude: _Optional[_Iterable[str]] = ...) -> None: ...
+    tokenizer: str
+    def __init__(self, edge_id: _Optional[str] = ..., model: _Optional[str] = ..., exclude: _Optional[_Iterable[str]] = ..., tokenizer: _Optional[str] = ...) -> None: ...
 
 class PickCloudReply(_message.Message):
     __slots__ = ("cloud",)
@@ -168,7 +172,7 @@ class ListNodesReply(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
 
 class PlanRequest(_message.Message):
-    __slots__ = ("edge_id", "objective", "quality_floor", "cost_weight", "prompt_tokens", "max_new_tokens", "exclude", "model")
+    __slots__ = ("edge_id", "objective", "quality_floor", "cost_weight", "prompt_tokens", "max_new_tokens", "exclude", "model", "tokenizer")
     EDGE_ID_FIELD_NUMBER: _ClassVar[int]
     OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FLOOR_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +181,7 @@ class PlanRequest(_message.Message):
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FIELD_NUMBER: _ClassVar[int]
     edge_id: str
     objective: Objective
     quality_floor: QualityFloor
@@ -185,7 +190,8 @@ class PlanRequest(_message.Message):
     max_new_tokens: int
     exclude: _containers.RepeatedScalarFieldContainer[str]
     model: str
-    def __init__(self, edge_id: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., quality_floor: _Optional[_Union[QualityFloor, str]] = ..., cost_weight: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., exclude: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ...) -> None: ...
+    tokenizer: str
+    def __init__(self, edge_id: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., quality_floor: _Optional[_Union[QualityFloor, str]] = ..., cost_weight: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., exclude: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., tokenizer: _Optional[str] = ...) -> None: ...
 
 class Candidate(_message.Message):
     __slots__ = ("mode", "draft_length", "cloud_id", "latency_s", "cloud_cpu_s", "cost")
@@ -264,14 +270,16 @@ class JobDone(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., edge_id: _Optional[str] = ..., result: _Optional[_Union[SolveReply, _Mapping]] = ...) -> None: ...
 
 class OpenSession(_message.Message):
-    __slots__ = ("session_id", "prompt", "sampling")
+    __slots__ = ("session_id", "prompt", "sampling", "tokenizer")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     prompt: _containers.RepeatedScalarFieldContainer[int]
     sampling: Sampling
-    def __init__(self, session_id: _Optional[str] = ..., prompt: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ...) -> None: ...
+    tokenizer: str
+    def __init__(self, session_id: _Optional[str] = ..., prompt: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., tokenizer: _Optional[str] = ...) -> None: ...
 
 class DraftDist(_message.Message):
     __slots__ = ("ids", "probs")
@@ -360,24 +368,34 @@ class SpecReply(_message.Message):
     def __init__(self, opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., verdict: _Optional[_Union[VerifyReply, _Mapping]] = ..., closed: _Optional[_Union[SessionClosed, _Mapping]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "sampling", "max_new_tokens")
+    __slots__ = ("prompt", "sampling", "max_new_tokens", "prompt_text", "tokenizer")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FIELD_NUMBER: _ClassVar[int]
     prompt: _containers.RepeatedScalarFieldContainer[int]
     sampling: Sampling
     max_new_tokens: int
-    def __init__(self, prompt: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
+    prompt_text: str
+    tokenizer: str
+    def __init__(self, prompt: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., max_new_tokens: _Optional[int] = ..., prompt_text: _Optional[str] = ..., tokenizer: _Optional[str] = ...) -> None: ...
 
 class GenerateReply(_message.Message):
-    __slots__ = ("tokens", "model_ms", "model_cpu_s")
+    __slots__ = ("tokens", "model_ms", "model_cpu_s", "text", "ended", "tokenizer")
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     MODEL_MS_FIELD_NUMBER: _ClassVar[int]
     MODEL_CPU_S_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FIELD_NUMBER: _ClassVar[int]
     tokens: _containers.RepeatedScalarFieldContainer[int]
     model_ms: float
     model_cpu_s: float
-    def __init__(self, tokens: _Optional[_Iterable[int]] = ..., model_ms: _Optional[float] = ..., model_cpu_s: _Optional[float] = ...) -> None: ...
+    text: str
+    ended: bool
+    tokenizer: str
+    def __init__(self, tokens: _Optional[_Iterable[int]] = ..., model_ms: _Optional[float] = ..., model_cpu_s: _Optional[float] = ..., text: _Optional[str] = ..., ended: _Optional[bool] = ..., tokenizer: _Optional[str] = ...) -> None: ...
 
 class MetricsRequest(_message.Message):
     __slots__ = ()
