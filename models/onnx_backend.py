@@ -22,6 +22,7 @@ import onnxruntime as ort
 from models.base import CacheSession, check_feed
 
 if TYPE_CHECKING:  # only for the annotation; importing it at run time would pull in torch
+    from models.quantize import QuantScheme
     from models.transformer import TinyLM
 
 # Same directory as models.torch_backend.CHECKPOINT_DIR, restated so loading needs no torch.
@@ -173,11 +174,14 @@ def int8_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.int8.onnx")
 
 
-def export_onnx(module: TinyLM, path: Path, int8: bool = True) -> Path:
+def export_onnx(
+    module: TinyLM, path: Path, int8: bool = True, scheme: QuantScheme | None = None
+) -> Path:
     """Export ``module`` (with its KV cache) to ``path`` as fp32, plus config.json beside it.
 
-    With ``int8``, also write dynamically int8-quantized weights to ``int8_path(path)`` and
-    return that path; otherwise return ``path``. The fp32 graph is checked against torch on a
+    With ``int8``, also write the int8 graph to ``int8_path(path)`` by ``scheme`` (default
+    ``models.quantize.DEFAULT``, which cannot saturate on any CPU) and return that path;
+    otherwise return ``path``. The fp32 graph is checked against torch on a
     prefill from an empty cache (past length 0), the case a shape-specializing exporter breaks.
     """
     import torch  # export only: the edge that loads the result has no torch
@@ -223,11 +227,33 @@ def export_onnx(module: TinyLM, path: Path, int8: bool = True) -> Path:
     _check_empty_past(module, path)
     if not int8:
         return path
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from models.quantize import DEFAULT, quantize
 
-    out = int8_path(path)
-    quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8)
-    return out
+    scheme = scheme or DEFAULT
+    feeds = calibration_feeds(OnnxShape.load(path.parent / "config.json")) if scheme.static else ()
+    return quantize(path, int8_path(path), scheme, feeds)
+
+
+def calibration_feeds(shape: OnnxShape, n: int = 64) -> list[dict[str, np.ndarray]]:
+    """Prefill feeds of ``n`` training problems with their solutions, for static quantization."""
+    from models import task
+
+    tok = task.WordTokenizer()
+    feeds = []
+    for p in task.generate(n, task.TRAIN_SEED):
+        ids = [tok.bos_id, *tok.encode(f"{p.question} {p.solution}"), tok.eos_id][: shape.max_len]
+        t = len(ids)
+        empty = np.zeros((shape.n_layers, 1, shape.n_heads, 0, shape.head_dim), np.float32)
+        feeds.append(
+            {
+                "input_ids": np.asarray([ids], dtype=np.int64),
+                "position_ids": np.arange(t, dtype=np.int64)[None],
+                "past_keys": empty,
+                "past_values": empty,
+                "attention_mask": _causal_mask(0, t)[None],
+            }
+        )
+    return feeds
 
 
 def _check_empty_past(module: TinyLM, path: Path) -> None:
@@ -278,9 +304,11 @@ def load_onnx(name_or_path: str | Path, int8: bool = True, threads: int = 1) -> 
     return OnnxLM(f, name=f"{d.name}-int8" if int8 else d.name, threads=threads)
 
 
-def export_checkpoint(name_or_path: str | Path, int8: bool = True) -> Path:
+def export_checkpoint(
+    name_or_path: str | Path, int8: bool = True, scheme: QuantScheme | None = None
+) -> Path:
     """Export a safetensors checkpoint beside itself as model.onnx (and model.int8.onnx)."""
     from models.torch_backend import load_module, resolve_checkpoint
 
     d = resolve_checkpoint(name_or_path)
-    return export_onnx(load_module(d), d / "model.onnx", int8=int8)
+    return export_onnx(load_module(d), d / "model.onnx", int8=int8, scheme=scheme)

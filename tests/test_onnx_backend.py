@@ -1,4 +1,8 @@
-"""The ONNX Runtime backend against the torch model it was exported from."""
+"""The ONNX Runtime backend against the torch model it was exported from.
+
+Numbers are compared on the trained bundled drafter; the random model exported here only checks
+the export's structure (files, int8 weights, shapes, loading).
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,12 @@ import onnx
 import pytest
 import torch
 
+from models import task
 from models.onnx_backend import OnnxLM, export_checkpoint, load_onnx
+from models.quant_compare import accuracy, agreement, greedy_paths
+from models.quantize import int8_matmul_weights
 from models.task import WordTokenizer
-from models.torch_backend import TorchLM, save_checkpoint
+from models.torch_backend import TorchLM, load_torch, save_checkpoint
 from models.transformer import ModelConfig, TinyLM
 
 ATOL = 1e-4
@@ -42,18 +49,19 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[TinyLM, Path]:
 
 
 @pytest.fixture(scope="module")
-def torch_lm(exported: tuple[TinyLM, Path]) -> TorchLM:
-    return TorchLM(exported[0])
+def torch_lm() -> TorchLM:
+    """The trained bundled drafter in torch: the reference of every numeric test here."""
+    return load_torch("drafter")
 
 
 @pytest.fixture(scope="module")
-def fp32(exported: tuple[TinyLM, Path]) -> OnnxLM:
-    return load_onnx(exported[1], int8=False)
+def fp32() -> OnnxLM:
+    return load_onnx("drafter", int8=False)
 
 
 @pytest.fixture(scope="module")
-def int8(exported: tuple[TinyLM, Path]) -> OnnxLM:
-    return load_onnx(exported[1], int8=True)
+def int8() -> OnnxLM:
+    return load_onnx("drafter", int8=True)
 
 
 def test_fp32_matches_torch_through_extend_and_truncate(torch_lm: TorchLM, fp32: OnnxLM) -> None:
@@ -93,21 +101,27 @@ def test_batched_extend_equals_one_at_a_time(torch_lm: TorchLM, fp32: OnnxLM) ->
         np.testing.assert_allclose(b.extend([7]), s.extend([7]), atol=ATOL)
 
 
-def test_int8_is_quantized_and_agrees_with_torch(
-    exported: tuple[TinyLM, Path], torch_lm: TorchLM, int8: OnnxLM
-) -> None:
-    graph = onnx.load(str(exported[1] / "model.int8.onnx")).graph
-    assert any(init.data_type == onnx.TensorProto.INT8 for init in graph.initializer)
-    rng = np.random.default_rng(2)
-    agree = total = 0
-    for _ in range(20):
-        prompt = list(rng.integers(0, int8.vocab_size, 30))
-        want = torch_lm.session().extend(prompt).argmax(-1)
-        got = int8.session().extend(prompt).argmax(-1)
-        agree += int((want == got).sum())
-        total += len(prompt)
-    # Measured 0.96-0.99 over init seeds for this random model; broken quantization is ~1/111.
-    assert agree / total >= 0.9
+def test_int8_export_holds_int8_weights_and_keeps_shapes(exported: tuple[TinyLM, Path]) -> None:
+    # Structure only: the model is random, so its argmax agreement would measure nothing.
+    module, d = exported
+    graph = onnx.load(str(d / "model.int8.onnx")).graph
+    products = [n for n in graph.node if n.op_type == "MatMulInteger"]
+    weights = int8_matmul_weights(onnx.load(str(d / "model.int8.onnx")))
+    assert products and {n.input[1] for n in products} == set(weights)
+    assert all(w.dtype == np.int8 for w in weights.values())
+    lm = load_onnx(d)
+    s = lm.session()
+    assert s.extend([1, 2, 3]).shape == (3, module.cfg.vocab_size)
+    assert s.extend([4]).shape == (1, module.cfg.vocab_size) and s.length == 4
+
+
+def test_bundled_int8_agrees_with_torch(torch_lm: TorchLM, int8: OnnxLM) -> None:
+    problems = task.generate(60, task.HELDOUT_SEED)
+    paths = greedy_paths(torch_lm, problems)
+    # Measured 0.996 over 500 held-out problems (README, "int8 drafter"); an argmax flip in
+    # one position out of fifty already shows, broken quantization is ~1/111.
+    assert agreement(int8, paths) >= 0.98
+    assert accuracy(greedy_paths(int8, problems), problems) >= accuracy(paths, problems) - 0.1
 
 
 def test_rejects_bad_input(fp32: OnnxLM, int8: OnnxLM) -> None:
@@ -139,9 +153,7 @@ def test_load_by_file_and_missing(exported: tuple[TinyLM, Path], tmp_path: Path)
         load_onnx("no-such-bundled-model")
 
 
-def test_edge_runs_without_torch(
-    exported: tuple[TinyLM, Path], fp32: OnnxLM, tmp_path: Path
-) -> None:
+def test_edge_runs_without_torch(fp32: OnnxLM, tmp_path: Path) -> None:
     prompt = [3, 14, 15, 9, 2]
     want = fp32.session().extend(prompt)
     np.save(tmp_path / "want.npy", want)
@@ -151,11 +163,11 @@ def test_edge_runs_without_torch(
         sys.modules["torch"] = None  # any 'import torch' now raises ImportError
         import numpy as np
         from models.onnx_backend import load_onnx
-        lm = load_onnx({str(exported[1])!r}, int8=False)
+        lm = load_onnx("drafter", int8=False)
         s = lm.session()
         got = np.concatenate([s.extend({prompt[:3]}), s.extend({prompt[3:]})])
         np.testing.assert_allclose(got, np.load({str(tmp_path / "want.npy")!r}), atol=1e-5)
-        assert load_onnx({str(exported[1])!r}).session().extend([1]).shape == (1, lm.vocab_size)
+        assert load_onnx("drafter").session().extend([1]).shape == (1, lm.vocab_size)
         print("ok")
         """
     )
