@@ -6,6 +6,9 @@ import time
 from dataclasses import dataclass, field
 
 from models.base import CausalLM
+from models.generate import generate
+from models.metrics import VerifyCostFit
+from models.sampling import SamplingParams
 
 
 @dataclass
@@ -17,14 +20,15 @@ class CostTracker:
     """
 
     forget: float = 0.97  # weight kept per new observation
-    target_ms_per_token: float | None = None
-    _s: list[float] = field(default_factory=lambda: [0.0] * 5)  # n, sx, sy, sxx, sxy
+    target_ms_per_token: float | None = None  # autoregressive ms per token, smoothed
+    _fit: VerifyCostFit = field(init=False, repr=False)  # the shared least-squares fit
+
+    def __post_init__(self) -> None:
+        self._fit = VerifyCostFit(self.forget)
 
     def observe_verify(self, tokens: int, ms: float) -> None:
         """One forward pass over ``tokens`` new positions took ``ms``."""
-        x = float(tokens)
-        for i, v in enumerate((1.0, x, ms, x * x, x * ms)):
-            self._s[i] = self.forget * self._s[i] + v
+        self._fit.observe(tokens, ms)
 
     def observe_generate(self, tokens: int, ms: float, alpha: float = 0.2) -> None:
         """Autoregressive generation of ``tokens`` took ``ms``."""
@@ -35,13 +39,8 @@ class CostTracker:
         self.target_ms_per_token = per if old is None else (1 - alpha) * old + alpha * per
 
     def verify_fit(self) -> tuple[float, float]:
-        """(base ms, ms per token) of a verify pass."""
-        n, sx, sy, sxx, sxy = self._s
-        if n <= 0:
-            return 2.0, 0.2
-        den = n * sxx - sx * sx
-        slope = max((n * sxy - sx * sy) / den, 0.0) if den > 1e-9 else 0.0
-        return max((sy - slope * sx) / n, 0.0), slope
+        """(base ms, ms per token) of a verify pass; the shared priors before any pass."""
+        return self._fit.fit()
 
     def figures(self) -> dict[str, float]:
         """The numbers published in telemetry."""
@@ -61,10 +60,6 @@ def calibrate(lm: CausalLM, tracker: CostTracker, prompt: list[int], rounds: int
             t0 = time.perf_counter()
             s.extend(prompt[-1:] * (k + 1))
             tracker.observe_verify(k + 1, (time.perf_counter() - t0) * 1e3)
-    s = lm.session()
     t0 = time.perf_counter()
-    logits = s.extend(prompt)[-1]
-    n = 8
-    for _ in range(n):
-        logits = s.extend([int(logits.argmax())])[-1]
+    n = len(generate(lm, prompt, SamplingParams(), 8, None))
     tracker.observe_generate(n, (time.perf_counter() - t0) * 1e3)

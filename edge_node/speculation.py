@@ -21,16 +21,21 @@ import grpc
 import numpy as np
 
 from edge_node.adaptive import AdaptiveK, RoundMeasure
-from edge_node.drafter import Drafter, DraftResult
-from models.base import CausalLM
+from edge_node.drafter import MAX_SUPPORT, Drafter, DraftResult
+from models.base import CausalLM, Tokenizer
+from models.fingerprint import fingerprint
+from models.generate import StopRule, catch_up, decode
 from models.sampling import SamplingParams, probs, sample
 from models.speculative import Proposal
+from node_runtime.errors import Precondition
+from node_runtime.kinds import KPolicy, Mode
 from node_runtime.serving import log_event
+from tandem_wire.caps import MAX_MESSAGE_BYTES
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 
 log = logging.getLogger("tandem.edge")
-SPECULATION, CLOUD_ONLY = "speculation", "cloud-only"
+SPECULATION, CLOUD_ONLY = Mode.SPECULATION, Mode.CLOUD_ONLY
 T = TypeVar("T")
 # Stream errors after which another cloud (or the edge alone) takes over; INVALID_ARGUMENT is ours.
 FAILOVER_CODES = {
@@ -74,7 +79,7 @@ class SpecResult:
     degraded: bool = False
     cloud_node: str = ""
     note: str = ""
-    final_mode: str = SPECULATION  # the mode that produced the last tokens
+    final_mode: Mode = SPECULATION  # the mode that produced the last tokens
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,7 @@ class SpecSettings:
     max_new: int  # tokens to generate at the most
     eos_id: int | None  # stop after this token
     k: int = 4  # starting draft length
-    k_policy: str = "heuristic"  # fixed, heuristic or rtt
+    k_policy: KPolicy | str = KPolicy.HEURISTIC  # fixed, heuristic or rtt
     k_max: int = 16  # never draft more than this
     round_timeout_s: float = 10.0  # deadline of each verify round
     stop_ids: tuple[int, ...] = ()  # more tokens to stop after (a step delimiter, say)
@@ -102,7 +107,7 @@ CloudPicker = Callable[[Sequence[str]], Awaitable[tuple[str, pb_grpc.CloudStub] 
 class Replan:
     """A revised plan for the rest of a request."""
 
-    mode: str  # speculation or cloud-only
+    mode: Mode  # speculation or cloud-only
     cloud: tuple[str, pb_grpc.CloudStub]  # the cloud's id and a stub to it
     k: int  # draft length the plan assumed
 
@@ -120,7 +125,12 @@ class Hooks:
 
 
 def proposal_to_wire(sid: str, rid: int, base: int, p: Proposal) -> pb.SpecRequest:
-    """Draft tokens and their sparse q as a VerifyRequest."""
+    """Draft tokens and their sparse q as a VerifyRequest.
+
+    q row i travels as the ids where q_i > 0, ascending, and their float32 probabilities. The
+    drafter's rows are float32 values over a support of at most ``MAX_SUPPORT`` tokens, so this
+    is q exactly, at most ``draft_wire_bytes`` a draft.
+    """
     q = []
     if p.q is not None:
         for row in p.q:
@@ -133,8 +143,45 @@ def proposal_to_wire(sid: str, rid: int, base: int, p: Proposal) -> pb.SpecReque
     )
 
 
+# A verify message without drafts: tags, a session id of up to 128 bytes, round id, base.
+_ROUND_OVERHEAD_BYTES = 192
+
+
+def draft_wire_bytes(support: int) -> int:
+    """Bytes one sampled draft adds to a verify message at the most: the token (a 5-byte
+    varint) and its q row (two packed fields of ``support`` varint ids and float32s)."""
+    return 5 + 2 * (1 + 5) + support * (5 + 4)
+
+
+def max_draft_in_message(support: int = MAX_SUPPORT, cap: int = MAX_MESSAGE_BYTES) -> int:
+    """The largest k whose verify message stays within the message cap."""
+    return max(1, (cap - _ROUND_OVERHEAD_BYTES) // draft_wire_bytes(support))
+
+
+def verdict_fault(
+    v: pb.VerifyReply, sid: str, rid: int, base: int, drafted: int, vocab_size: int
+) -> str | None:
+    """What is wrong with a verdict for round ``rid`` over ``drafted`` drafts at ``base``, or
+    None. A cloud that answers a wrong verdict is treated as lost: nothing it says is kept."""
+    if v.session_id != sid or v.round_id != rid:
+        return f"verdict for session {v.session_id!r} round {v.round_id}, expected round {rid}"
+    if v.base_position != base:
+        return f"verdict at base_position {v.base_position}, expected {base}"
+    if not 0 <= v.accepted <= drafted:
+        return f"accepted {v.accepted} outside [0, {drafted}]"
+    if not 0 <= v.next_token < vocab_size:
+        return f"next_token {v.next_token} outside the vocabulary of {vocab_size}"
+    if v.position != base + v.accepted + 1:
+        return f"position {v.position}, expected {base + v.accepted + 1}"
+    return None
+
+
 class _CloudLost(Exception):
     pass
+
+
+def _draw(params: SamplingParams, rng: np.random.Generator, logits: np.ndarray) -> int:
+    return sample(probs(logits, params), rng)
 
 
 class _Switch(Exception):
@@ -156,9 +203,18 @@ class _Req:
     acc: Account
     hooks: Hooks
 
+    stopped: bool = False  # a stop token (EOS, a delimiter) ended the reply
+
     def commit(self, tokens: list[int]) -> None:
+        """Append the part of ``tokens`` that belongs to the reply and stream exactly that:
+        nothing past ``max_new`` and nothing after a stop token."""
+        tokens = tokens[: max(self.left(), 0)]
+        stops = self.settings.stops
+        end = next((i + 1 for i, t in enumerate(tokens) if t in stops), None)
+        if end is not None:
+            tokens, self.stopped = tokens[:end], True
         self.committed.extend(tokens)
-        if self.hooks.on_tokens is not None:
+        if tokens and self.hooks.on_tokens is not None:
             self.hooks.on_tokens(tokens)
 
     def left(self) -> int:
@@ -168,9 +224,18 @@ class _Req:
 class Speculator:
     """Runs speculation requests for one edge node over its drafter."""
 
-    def __init__(self, lm: CausalLM, pool: ThreadPoolExecutor | None = None) -> None:
+    def __init__(
+        self,
+        lm: CausalLM,
+        pool: ThreadPoolExecutor | None = None,
+        tokenizer: Tokenizer | None = None,
+    ) -> None:
         self.lm = lm
         self.pool = pool or ThreadPoolExecutor(1, thread_name_prefix="drafter")
+        # sent with token ids, so a cloud of another tokenizer refuses them; and for cloud-only
+        # text with such a cloud
+        self.tok = tokenizer
+        self.tokenizer_id = fingerprint(tokenizer) if tokenizer is not None else ""
 
     async def compute(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the drafter thread (one model user at a time)."""
@@ -184,7 +249,7 @@ class Speculator:
         pick_cloud: CloudPicker,
         hooks: Hooks | None = None,
         first: tuple[str, pb_grpc.CloudStub] | None = None,
-        start_mode: str = SPECULATION,
+        start_mode: Mode = SPECULATION,
     ) -> SpecResult:
         """Generate after ``prompt`` with the cloud verifying; never loses the request.
 
@@ -229,25 +294,16 @@ class Speculator:
         if degraded:  # finish alone from what is committed
             await self._finish_alone(r)
             log_event(log, "degraded_to_edge", logging.WARNING, reason=note)
-        out = r.committed[len(prompt) :][: settings.max_new]
-        stops = [i for i, t in enumerate(out) if t in settings.stops]
-        if stops:  # a round may have accepted tokens past the end
-            out = out[: stops[0] + 1]
+        out = r.committed[len(prompt) :]  # commit kept the reply only: what was streamed
         acc = r.acc
         acc.generated_tokens = len(out)
         acc.wall_s = time.perf_counter() - t0
         acc.ttft_s = acc.ttft_s or acc.wall_s
-        final = "edge-only" if degraded else mode
+        final = Mode.EDGE_ONLY if degraded else Mode(mode)
         return SpecResult(out, acc, degraded, "" if degraded else cloud_name, note, final)
 
     def _done(self, r: _Req) -> bool:
-        new = r.committed[r.n_prompt :]
-        eos = r.settings.eos_id
-        return (
-            r.left() <= 0
-            or (eos is not None and eos in new)
-            or (len(r.committed) >= self.lm.max_len - 1)
-        )
+        return r.stopped or r.left() <= 0 or len(r.committed) >= self.lm.max_len - 1
 
     async def _session(self, r: _Req, cloud: str, stub: pb_grpc.CloudStub) -> None:
         s, acc, hooks = r.settings, r.acc, r.hooks
@@ -255,25 +311,36 @@ class Speculator:
         call = stub.Speculate(timeout=s.round_timeout_s * (s.max_new + 2))
         p = r.params
         sampling = pb.Sampling(temperature=p.temperature, top_p=p.top_p, seed=p.seed)
-        open_msg = pb.OpenSession(session_id=sid, prompt=r.committed, sampling=sampling)
+        open_msg = pb.OpenSession(
+            session_id=sid, prompt=r.committed, sampling=sampling, tokenizer=self.tokenizer_id
+        )
         net_ewma: float | None = None
         try:
             opened = await self._exchange(call, pb.SpecRequest(open=open_msg), s, acc)
+            if opened.opened.position != len(r.committed) or opened.opened.session_id != sid:
+                raise _CloudLost(f"bad session answer: {opened.WhichOneof('kind')}")
             k_cap = min(s.k_max, opened.opened.max_draft or s.k_max)
+            if not r.params.greedy:
+                k_cap = min(k_cap, max_draft_in_message(r.drafter.max_support))
             for rid in itertools.count(1):
                 if self._done(r):
                     break
                 base = len(r.committed)
                 room = min(self.lm.max_len - 1 - base, r.left())
-                k = max(1, min(r.ctl.k, k_cap, room))
-                propose = partial(r.drafter.propose, list(r.committed), k)
+                want = max(1, min(r.ctl.k, k_cap, room))
+                propose = partial(r.drafter.propose, list(r.committed), want, s.stops)
                 draft: DraftResult = await self.compute(propose)
                 acc.edge_model_s += draft.ms / 1e3
+                k = len(draft.proposal.tokens)  # fewer than asked when a stop ended the draft
                 t_send = time.perf_counter()
                 msg = proposal_to_wire(sid, rid, base, draft.proposal)
-                v = (await self._exchange(call, msg, s, acc)).verdict
-                if v.round_id != rid or v.base_position != base:
-                    raise _CloudLost(f"verdict for round {v.round_id}, expected {rid}")
+                reply = await self._exchange(call, msg, s, acc)
+                if not reply.HasField("verdict"):
+                    raise _CloudLost(f"expected a verdict, got {reply.WhichOneof('kind')}")
+                v = reply.verdict
+                fault = verdict_fault(v, sid, rid, base, k, self.lm.vocab_size)
+                if fault is not None:
+                    raise _CloudLost(f"bad verdict: {fault}")
                 round_ms = (time.perf_counter() - t_send) * 1e3
                 r.commit([*draft.proposal.tokens[: v.accepted].tolist(), v.next_token])
                 r.drafter.rollback(base, k, v.accepted)
@@ -297,6 +364,8 @@ class Speculator:
         except grpc.aio.AioRpcError as exc:
             if exc.code() in FAILOVER_CODES:
                 raise _CloudLost(f"{exc.code().name}: {exc.details()}") from exc
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:  # another tokenizer, say
+                raise Precondition(f"cloud {cloud}: {exc.details()}") from exc
             raise
         except (asyncio.TimeoutError, asyncio.InvalidStateError, ConnectionError) as exc:
             raise _CloudLost(type(exc).__name__) from exc
@@ -315,12 +384,18 @@ class Speculator:
         raise _Switch(plan)
 
     async def _generate_rest(self, r: _Req, stub: pb_grpc.CloudStub) -> None:
-        """Cloud-only from what is committed (a revised plan moved the request there)."""
+        """Cloud-only from what is committed (a revised plan moved the request there).
+
+        The prompt goes as ids and as text: a cloud of another tokenizer generates from the text
+        and its reply is read as text, re-encoded with this edge's tokenizer.
+        """
         p = r.params
         req = pb.GenerateRequest(
             prompt=r.committed,
             max_new_tokens=r.left(),
             sampling=pb.Sampling(temperature=p.temperature, top_p=p.top_p, seed=p.seed),
+            prompt_text=self.tok.decode(r.committed) if self.tok is not None else "",
+            tokenizer=self.tokenizer_id,
         )
         r.acc.bytes_sent += req.ByteSize()
         try:
@@ -328,11 +403,18 @@ class Speculator:
         except grpc.aio.AioRpcError as exc:
             if exc.code() in FAILOVER_CODES:
                 raise _CloudLost(f"{exc.code().name}: {exc.details()}") from exc
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise Precondition(f"cloud: {exc.details()}") from exc
             raise
         r.acc.bytes_received += reply.ByteSize()
         r.acc.cloud_model_cpu_s += reply.model_cpu_s
         r.acc.ttft_s = r.acc.ttft_s or time.perf_counter() - r.acc.started
-        r.commit(list(reply.tokens))
+        if self.tok is None or reply.tokenizer == self.tokenizer_id or not reply.tokenizer:
+            r.commit(list(reply.tokens))
+            return
+        eos = r.settings.eos_id
+        r.commit(self.tok.encode(reply.text) + ([eos] if reply.ended and eos is not None else []))
+        r.stopped = True  # the cloud wrote the whole rest; its length in our tokens differs
 
     @staticmethod
     async def _exchange(
@@ -349,18 +431,12 @@ class Speculator:
     async def _finish_alone(self, r: _Req) -> None:
         def work() -> list[int]:
             t0 = time.perf_counter()
-            seq, out = list(r.committed), []
-            sess = r.drafter.session
-            while True:
-                if sess.length >= len(seq):
-                    sess.truncate(len(seq) - 1)
-                logits = sess.extend(seq[sess.length :])[-1]
-                tok = sample(probs(logits, r.params), r.drafter.rng)
-                seq.append(tok)
-                out.append(tok)
-                stop = tok in r.settings.stops
-                if len(out) >= r.left() or stop or len(seq) >= self.lm.max_len - 1:
-                    break
+            d = r.drafter
+            pending = catch_up(d.session, r.committed)
+            rule = StopRule(r.left(), self.lm.max_len - 1, r.settings.stops)
+            # the reply itself: drawn from the drafter's whole distribution, no q to send
+            pick = partial(_draw, r.params, d.rng)
+            out = decode(d.session, pending, pick, rule).tokens
             r.acc.edge_model_s += time.perf_counter() - t0
             return out
 

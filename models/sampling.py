@@ -53,3 +53,21 @@ def sample(p: np.ndarray, rng: np.random.Generator) -> int:
     """One token from a 1-D distribution."""
     c = np.cumsum(p)
     return int(min(np.searchsorted(c, rng.random() * c[-1], side="right"), len(p) - 1))
+
+
+def restrict_support(p: np.ndarray, max_support: int) -> np.ndarray:
+    """``p`` on its ``max_support`` most likely tokens, renormalized, in float32 precision.
+
+    A drafter that samples from this distribution has a q that is zero outside a small support,
+    so sending q's nonzero entries as float32 sends q exactly: lossless verification needs only
+    the q the draft was really drawn from, whatever its shape.
+    """
+    if max_support < 1:
+        raise ValueError(f"max_support must be >= 1, got {max_support}")
+    p = np.asarray(p, dtype=np.float64)
+    if np.count_nonzero(p) > max_support:
+        keep = np.argpartition(-p, max_support - 1)[:max_support]
+        kept = np.zeros_like(p)
+        kept[keep] = p[keep]
+        p = kept
+    return (p / p.sum()).astype(np.float32).astype(np.float64)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.metrics import expected_tokens_per_round, round_ms, verify_ms
 from models.sampling import SamplingParams, probs, sample
 
 
@@ -74,26 +75,6 @@ def verify(
     return Verdict(k, sample(p[k], rng))
 
 
-def expected_tokens_per_round(acceptance: float, k: int) -> float:
-    """E[tokens per round] = (1 - a^(k+1)) / (1 - a) for per-token acceptance a."""
-    a = min(max(acceptance, 0.0), 1.0)
-    if a >= 1.0 - 1e-12:
-        return float(k + 1)
-    return (1.0 - a ** (k + 1)) / (1.0 - a)
-
-
-def acceptance_from_mean_length(mean_length: float, k: int) -> float:
-    """Invert the theory: the per-token acceptance that gives ``mean_length`` at draft length k."""
-    lo, hi = 0.0, 1.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if expected_tokens_per_round(mid, k) < mean_length:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
-
-
 def heuristic_next_k(k: int, accepted: int, k_max: int) -> int:
     """The transformers heuristic: k += 2 when every draft was kept, else k = max(1, k - 1)."""
     return min(k + 2, k_max) if accepted == k else max(1, k - 1)
@@ -106,17 +87,16 @@ class CostModel:
     rtt_ms: float  # network round trip between edge and cloud
     draft_ms: float  # drafter time per drafted token
     verify_base_ms: float  # cloud verify time for a round, fixed part
-    verify_per_token_ms: float  # cloud verify time, per drafted token
+    verify_per_token_ms: float  # cloud verify time, per token fed (k drafts + the last committed)
 
 
 def rtt_aware_k(acceptance: float, cost: CostModel, k_max: int) -> int:
     """The draft length that maximises expected tokens per second for the measured costs."""
     best_k, best_rate = 1, -math.inf
     for k in range(1, k_max + 1):
-        round_ms = (
-            cost.rtt_ms + k * cost.draft_ms + cost.verify_base_ms + k * cost.verify_per_token_ms
-        )
-        rate = expected_tokens_per_round(acceptance, k) / max(round_ms, 1e-9)
+        verify = verify_ms(cost.verify_base_ms, cost.verify_per_token_ms, k)
+        ms = round_ms(cost.rtt_ms, k, cost.draft_ms, verify)
+        rate = expected_tokens_per_round(acceptance, k) / max(ms, 1e-9)
         if rate > best_rate:
             best_k, best_rate = k, rate
     return best_k

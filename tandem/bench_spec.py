@@ -23,8 +23,14 @@ from models import task
 from models.base import CausalLM
 from models.generate import generate
 from models.loader import load_lm
+from models.metrics import (
+    acceptance_rate,
+    expected_tokens_per_round,
+    mean_accepted_length,
+    per_token_acceptance,
+)
 from models.sampling import SamplingParams
-from models.speculative import Proposal, expected_tokens_per_round
+from models.speculative import Proposal
 from node_runtime.serving import aio_channel
 from tandem.cluster import LocalCluster
 from tandem.report import print_table
@@ -87,15 +93,13 @@ def _k_stats(results: list[SpecResult], k: int) -> dict[str, float]:
     drafted = sum(x.drafted_tokens for x in a)
     accepted = sum(x.accepted_tokens for x in a)
     rounds = sum(x.verify_rounds for x in a)
-    # per-token acceptance: kept drafts / draft positions reached (a round stops at a rejection)
-    reached = accepted + sum(x.verify_rounds - x.full_rounds for x in a)
-    per_token = accepted / reached if reached else 0.0
+    per_token = per_token_acceptance(accepted, rounds, sum(x.full_rounds for x in a)) or 0.0
     tokens = sum(x.generated_tokens for x in a)
     return {
         "k": float(k),
-        "acceptance_rate": accepted / drafted if drafted else 0.0,
+        "acceptance_rate": acceptance_rate(accepted, drafted),
         "per_token_acceptance": per_token,
-        "mean_accepted_length": 1 + accepted / rounds if rounds else 0.0,
+        "mean_accepted_length": mean_accepted_length(accepted, rounds),
         "theory_accepted_length": expected_tokens_per_round(per_token, k),
         "tokens_per_s": tokens / sum(x.wall_s for x in a),
         "cloud_cpu_s_per_token": sum(x.cloud_model_cpu_s for x in a) / max(tokens, 1),

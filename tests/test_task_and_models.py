@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from models import task
+from models.generate import Stop, StopRule, argmax, decode, decode_batch, generate
+from models.sampling import SamplingParams
 from models.torch_backend import load_module, load_torch
 from models.train import TrainConfig, accuracy, train
 from models.transformer import ModelConfig
@@ -60,6 +62,44 @@ def test_incremental_and_batched_extension_match_one_full_pass(target_lm) -> Non
         a.truncate(10)
     with pytest.raises(ValueError, match="token id"):
         a.extend([10_000])
+
+
+def test_the_decode_loop_stops_at_stop_ids_token_caps_and_the_length_limit() -> None:
+    lm, tok = load_torch("drafter"), task.WordTokenizer()
+    prompt = [tok.bos_id, *tok.encode(task.generate(1, task.HELDOUT_SEED)[0].question)]
+    free = generate(lm, prompt, SamplingParams(), 60, None)
+    delim = tok.encode(task.STEP_DELIMITER)[0]
+    assert delim in free
+    to_delim = generate(lm, prompt, SamplingParams(), 60, None, stop_ids=[delim])
+    assert to_delim == free[: free.index(delim) + 1]
+    assert generate(lm, prompt, SamplingParams(), 3, None) == free[:3]
+    # the sequence never grows past max_len, and a full prompt gets nothing
+    assert len(free) == lm.max_len - len(prompt)
+    assert generate(lm, [tok.bos_id] * lm.max_len, SamplingParams(), 5, None) == []
+
+
+def test_batched_decoding_equals_row_by_row_and_honours_its_budget() -> None:
+    lm, tok = load_torch("drafter"), task.WordTokenizer()
+    prompts = [[tok.bos_id, *tok.encode(p.question)] for p in task.generate(4, 5)]
+    rule = StopRule(12, lm.max_len, frozenset({tok.eos_id, tok.encode(";")[0]}))
+    rows = decode_batch(
+        lm.extend_batch, [lm.session() for _ in prompts], prompts, lambda _, lg: argmax(lg), rule
+    )
+    for p, row in zip(prompts, rows, strict=True):
+        assert row == decode(lm.session(), p, argmax, rule)
+        assert row.stop in (Stop.STOP_ID, Stop.MAX_NEW) and row.finished
+    budget = sum(len(r.tokens) for r in rows) - 2
+    cut = decode_batch(
+        lm.extend_batch,
+        [lm.session() for _ in prompts],
+        prompts,
+        lambda _, lg: argmax(lg),
+        rule,
+        budget,
+    )
+    assert sum(len(r.tokens) for r in cut) == budget
+    assert any(r.stop is Stop.BUDGET for r in cut)
+    assert all(r.tokens == full.tokens[: len(r.tokens)] for r, full in zip(cut, rows, strict=True))
 
 
 def test_bundled_checkpoints_meet_their_accuracy_windows() -> None:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare
 
-from models.sampling import SamplingParams, probs, sample
+from edge_node.drafter import Drafter
+from models.sampling import SamplingParams, probs, restrict_support, sample
 from models.speculative import Proposal, Verdict, verify
 from models.task import WordTokenizer
 from models.torch_backend import load_torch
@@ -31,13 +32,16 @@ def speculate_two(
     k: int,
     rng: np.random.Generator,
     verifier=verify,
+    support: int | None = None,
 ) -> tuple[int, int]:
-    """The first two tokens after [0] by speculation rounds (k drafts each)."""
+    """The first two tokens after [0] by speculation rounds (k drafts each); with ``support``,
+    drafts come from the drafter's distribution on its ``support`` likeliest tokens only."""
     seq = [0]
     while len(seq) < 3:
         drafts, qs = [], []
         for _ in range(k):
             q = probs(drafter.logits(seq + drafts), params)
+            q = q if support is None else restrict_support(q, support)
             drafts.append(sample(q, rng))
             qs.append(q)
         rows = np.stack([target.logits(seq + drafts[:i]) for i in range(k + 1)])
@@ -58,12 +62,14 @@ def chi2_pvalue(counts: np.ndarray, expected_p: np.ndarray) -> float:
     return float(chisquare(counts[keep], expected_p[keep] * n).pvalue)
 
 
-def run_joint(params: SamplingParams, k: int, n: int, verifier=verify) -> float:
+def run_joint(
+    params: SamplingParams, k: int, n: int, verifier=verify, support: int | None = None
+) -> float:
     target, drafter = BigramLM(6, 0, 1.5), BigramLM(6, 1, 1.5)
     rng = np.random.default_rng(123)
     counts = np.zeros((6, 6))
     for _ in range(n):
-        a, b = speculate_two(target, drafter, params, k, rng, verifier)
+        a, b = speculate_two(target, drafter, params, k, rng, verifier, support)
         counts[a, b] += 1
     return chi2_pvalue(counts.ravel(), joint_target(target, params).ravel())
 
@@ -76,6 +82,18 @@ def test_joint_of_two_tokens_matches_target(params: SamplingParams, k: int) -> N
     assert run_joint(params, k, 20_000) > ALPHA
 
 
+@pytest.mark.parametrize(
+    ("params", "k", "support"),
+    [(SamplingParams(1.0), 3, 2), (SamplingParams(1.0), 2, 1), (SamplingParams(0.7, 0.9), 2, 3)],
+)
+def test_drafts_from_a_small_support_still_give_the_targets_joint(
+    params: SamplingParams, k: int, support: int
+) -> None:
+    """q is zero outside the drafter's top tokens (so it travels sparse, exactly); the output
+    still follows the target, tokens outside every draft's support included."""
+    assert run_joint(params, k, 20_000, support=support) > ALPHA
+
+
 def test_the_check_has_power_against_a_biased_verifier() -> None:
     def accept_all(p: Proposal, logits: np.ndarray, params: SamplingParams, rng) -> Verdict:
         k = len(p.tokens)
@@ -84,30 +102,60 @@ def test_the_check_has_power_against_a_biased_verifier() -> None:
     assert run_joint(SamplingParams(1.0), 2, 5_000, accept_all) < ALPHA
 
 
-@pytest.mark.parametrize("temperature", [1.0, 2.0])
-def test_first_token_matches_target_with_the_bundled_models(temperature: float) -> None:
-    """Fixed prefixes of a real task problem; drafts from the bundled drafter's q."""
+def first_token_pvalue(
+    p: np.ndarray, q_drawn: np.ndarray, q_sent: np.ndarray, rng: np.random.Generator
+) -> float:
+    """Draft one token from ``q_drawn``, verify it against ``q_sent``; how well the emitted first
+    token follows p."""
+    counts = np.zeros(len(p))
+    for _ in range(20_000):
+        d = sample(q_drawn, rng)
+        # the first emitted token depends on row 0 only; row 1 (the bonus) is any valid row
+        v = verify(
+            Proposal(np.array([d]), q_sent[None]),
+            np.stack([np.log(p + 1e-30)] * 2),
+            SamplingParams(1.0),
+            rng,
+        )
+        counts[d if v.accepted else v.next_token] += 1
+    return chi2_pvalue(counts, p)
+
+
+def bundled_rows(temperature: float, support: int) -> list[tuple[np.ndarray, ...]]:
+    """(p, full q, the edge drafter's q on ``support`` tokens) at prefixes of a task problem."""
     target, drafter = load_torch("target"), load_torch("drafter")
     params = SamplingParams(temperature)
     tok = WordTokenizer()
     prefix = [tok.bos_id, *tok.encode("Q 9 + 2 * 3 ? 9 + 2 = 11 ; 11 * 3")]
-    rng = np.random.default_rng(9)
+    edge = Drafter(drafter, params, max_support=support)
+    out = []
     for cut in (4, 9, 14, 17):
         seq = prefix[:cut]
         p = probs(target.session().extend(seq)[-1], params)
-        q = probs(drafter.session().extend(seq)[-1], params)
-        counts = np.zeros(len(p))
-        for _ in range(20_000):
-            d = sample(q, rng)
-            # the first emitted token depends on row 0 only; row 1 (the bonus) is any valid row
-            v = verify(
-                Proposal(np.array([d]), q[None]),
-                np.stack([np.log(p + 1e-30)] * 2),
-                SamplingParams(1.0),
-                rng,
-            )
-            counts[d if v.accepted else v.next_token] += 1
-        assert chi2_pvalue(counts, p) > ALPHA
+        logits = drafter.session().extend(seq)[-1]
+        out.append((p, probs(logits, params), edge.q(logits)))
+    return out
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("support", [3, 256])
+def test_first_token_matches_target_with_the_bundled_models(
+    temperature: float, support: int
+) -> None:
+    """Fixed prefixes of a real task problem; drafts from the edge drafter's q (its top
+    ``support`` tokens; 256 covers the whole task vocabulary)."""
+    rng = np.random.default_rng(9)
+    for p, _, q in bundled_rows(temperature, support):
+        assert np.count_nonzero(q) <= support
+        assert first_token_pvalue(p, q, q, rng) > ALPHA
+
+
+def test_the_check_has_power_against_a_q_that_is_not_the_drawn_one() -> None:
+    """Drafts drawn from 3 tokens but verified against the drafter's full q are biased, and the
+    check sees it: the sparse q on the wire must be the one the draft was drawn from."""
+    rng = np.random.default_rng(9)
+    p, full, small = bundled_rows(2.0, 3)[2]  # the full q has 0.56 of its mass off the 3
+    assert first_token_pvalue(p, small, full, rng) < ALPHA
 
 
 def test_greedy_verify_keeps_the_matching_prefix() -> None:

@@ -12,7 +12,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from models.base import CausalLM, Tokenizer
-from models.sampling import SamplingParams, probs, sample
+from models.generate import Decoded, Stop, StopRule, argmax, decode, decode_batch, sampler
+from models.sampling import SamplingParams
 from models.task import STEP_DELIMITER
 
 
@@ -119,34 +120,25 @@ class LMStepProposer:
         cap: int,
     ) -> list[StepDraft]:
         """Advance every prompt token by token in one batch until its step closes or cap is hit."""
-        out: list[list[int]] = [[] for _ in prompts]
-        closed = [len(p) >= self.lm.max_len for p in prompts]  # no room: the sequence is over
-        ended = list(closed)
+        rule = StopRule(self.config.max_step_tokens, self.lm.max_len, self._stops)
         sessions = [self.lm.session() for _ in prompts]
-        live = [i for i, c in enumerate(closed) if not c]
-        feed = [prompts[i] for i in live]
-        used = 0
-        while live and used < cap:
-            logits = self.lm.extend_batch([sessions[i] for i in live], feed)
-            live = live[: cap - used]  # when the cap binds, the first rows get the last tokens
-            nxt_live, feed = [], []
-            for i, lg in zip(live, logits, strict=False):
-                token = sample(probs(lg[-1], params), rng)
-                out[i].append(token)
-                used += 1
-                length = sessions[i].length + 1
-                if token == self.tok.eos_id or length >= self.lm.max_len:
-                    closed[i] = ended[i] = True
-                elif token == self.delimiter_id or len(out[i]) >= self.config.max_step_tokens:
-                    closed[i] = True
-                else:
-                    nxt_live.append(i)
-                    feed.append([token])
-            live = nxt_live
-        return [
-            StepDraft(self._text(toks), len(toks), closed[i], ended[i])
-            for i, toks in enumerate(out)
-        ]
+        rows = decode_batch(
+            self.lm.extend_batch, sessions, prompts, sampler(params, rng), rule, cap
+        )
+        return [self._draft(d, len(p)) for d, p in zip(rows, prompts, strict=True)]
+
+    @property
+    def _stops(self) -> frozenset[int]:
+        return frozenset((self.delimiter_id, self.tok.eos_id))
+
+    def _draft(self, d: Decoded, prompt_len: int, prefix: Sequence[int] = ()) -> StepDraft:
+        """A step from a decoded row: complete unless the batch's budget cut it; ended when the
+        model closed its sequence (eos, or the length limit) with it."""
+        tokens = [*prefix, *d.tokens]
+        ended = (bool(tokens) and tokens[-1] == self.tok.eos_id) or (
+            prompt_len + len(tokens) >= self.lm.max_len
+        )
+        return StepDraft(self._text(tokens), len(tokens), d.finished, ended)
 
     def rewrite(
         self, question: str, steps: Sequence[str], draft: str, max_tokens: int | None = None
@@ -177,47 +169,39 @@ class LMStepProposer:
         kept = 0
         while kept < len(guess) and int(logits[base + kept].argmax()) == guess[kept]:
             kept += 1
+        # decode on from the first position the draft got wrong, whose logits are at hand
         session.truncate(len(prompt) + kept)
-        out = guess[:kept]
-        token = int(logits[base + kept].argmax())
-        closed = ended = False
-        while True:
-            out.append(token)
-            if token == self.tok.eos_id or session.length + 1 >= self.lm.max_len:
-                closed = ended = True
-            elif token == self.delimiter_id or len(out) >= self.config.max_step_tokens:
-                closed = True
-            if closed or len(out) >= cap:
-                break
-            token = int(session.extend([token])[-1].argmax())
-        return StepDraft(self._text(out), len(out), closed, ended), kept
+        limit = min(cap, self.config.max_step_tokens)
+        rule = StopRule(limit - kept, self.lm.max_len, self._stops)
+        d = decode(session, [], argmax, rule, logits[base + kept])
+        step = self._draft(d, len(prompt), guess[:kept])
+        # a step cut by the token cap is closed only at the step's own cap
+        closed = d.stop != Stop.MAX_NEW or step.tokens >= self.config.max_step_tokens
+        return StepDraft(step.text, step.tokens, closed, step.ended), kept
 
     def draft_steps(self, question: str, steps: Sequence[str], n_steps: int) -> list[StepDraft]:
         """Up to ``n_steps`` greedy steps in one pass of the model (its cache kept throughout).
 
         A step the sequence's length limit cuts comes last, with ``complete=False``.
         """
-        delim, eos = self.delimiter_id, self.tok.eos_id
         session = self.lm.session()
         prompt = self.prompt(question, steps)
-        logits = session.extend(prompt)[-1]
-        out: list[StepDraft] = []
-        current: list[int] = []
         limit = min(self.lm.max_len, len(prompt) + n_steps * self.config.max_step_tokens)
+        rule = StopRule(limit, limit, self._stops)  # the length limit binds, not a token cap
+        out: list[StepDraft] = []
+        pending = prompt
         while len(out) < n_steps:
-            tok = int(logits.argmax())
-            current.append(tok)
-            ended = tok == eos
-            if tok in (delim, eos):
-                out.append(StepDraft(self._text(current), len(current), True, ended))
-                current = []
+            d = decode(session, pending, argmax, rule)
+            if d.stop == Stop.STOP_ID:
+                ended = d.tokens[-1] == self.tok.eos_id
+                out.append(StepDraft(self._text(d.tokens), len(d.tokens), True, ended))
                 if ended:
                     break
-            if session.length + 1 >= limit:
-                if current:  # cut mid-step: not usable
-                    out.append(StepDraft(self._text(current), len(current), False, True))
-                break
-            logits = session.extend([tok])[-1]
+                pending = d.tokens[-1:]
+                continue
+            if d.tokens:  # cut mid-step by the length limit: not usable
+                out.append(StepDraft(self._text(d.tokens), len(d.tokens), False, True))
+            break
         return out
 
     def _text(self, tokens: list[int]) -> str:
