@@ -60,8 +60,12 @@ class LMProposerConfig:
 
     @property
     def joiner(self) -> str:
-        d = self.delimiter
-        return self.step_joiner or (f" {d} " if d.strip() else d)
+        return self.step_joiner or joiner_for(self.delimiter)
+
+
+def joiner_for(delimiter: str) -> str:
+    """What separates steps in a text: " {delimiter} ", or a whitespace delimiter on its own."""
+    return f" {delimiter} " if delimiter.strip() else delimiter
 
 
 class LMStepProposer:

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from models.reasoning.proposer import StepDraft, StepProposer
+from models.reasoning.proposer import STEP_DELIMITER, StepDraft, StepProposer, joiner_for
 from models.reasoning.protocols import StepScorer
 
-ANSWER_PREFIX = "A "  # the task's answer step starts with this
+ANSWER_PREFIX = "A "  # the bundled task's answer step starts with this (the default)
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,13 @@ class SearchConfig:
     retry_decay: float = 0.5  # A*: an expanded node is re-queued at its value times this
     max_expansions: int = 8  # A*: times one node may be sampled before it leaves the queue
     seed: int = 0  # seeds every proposer call of the search
+    delimiter: str = STEP_DELIMITER  # ends a step; joins the chosen solution's steps in its text
+    answer_prefix: str = ANSWER_PREFIX  # a step starting with this states the final answer
+
+    @property
+    def joiner(self) -> str:
+        """What separates steps in a solution's text, from the request's delimiter."""
+        return joiner_for(self.delimiter)
 
     def __post_init__(self) -> None:
         if min(self.n, self.m, self.max_steps, self.max_expansions) < 1:
@@ -73,10 +80,10 @@ def aggregate(scores: Sequence[float], how: str) -> float:
     return float(AGGREGATIONS[how](scores)) if scores else 0.0
 
 
-def answer_of(steps: Sequence[str]) -> str | None:
-    """The answer the last step states, if it is an answer step."""
-    if steps and steps[-1].startswith(ANSWER_PREFIX):
-        return steps[-1][len(ANSWER_PREFIX) :].strip()
+def answer_of(steps: Sequence[str], prefix: str = ANSWER_PREFIX) -> str | None:
+    """The answer the last step states, if it is an answer step (one starting with ``prefix``)."""
+    if steps and steps[-1].startswith(prefix):
+        return steps[-1][len(prefix) :].strip()
     return None
 
 
@@ -177,7 +184,9 @@ class Ledger:
 
     def _child(self, parent: Node, draft: StepDraft) -> Node:
         steps = (*parent.steps, draft.text)
-        done = draft.ended or answer_of(steps) is not None or len(steps) >= self.config.max_steps
+        c = self.config
+        done = draft.ended or answer_of(steps, c.answer_prefix) is not None
+        done = done or len(steps) >= c.max_steps
         return Node(steps, parent.scores, done)
 
     def score(self, nodes: Sequence[Node]) -> list[Node] | None:
@@ -197,10 +206,9 @@ class Ledger:
         self.account.seconds = time.perf_counter() - self._start
         node = node or Node()
         value = score if score is not None else node.value(self.config.aggregation)
-        text = " ; ".join(node.steps)
-        return SearchResult(
-            answer_of(node.steps), node.steps, text, value, node.finished, self.account
-        )
+        text = self.config.joiner.join(node.steps)
+        answer = answer_of(node.steps, self.config.answer_prefix)
+        return SearchResult(answer, node.steps, text, value, node.finished, self.account)
 
 
 def reject(nodes: Sequence[Node], how: str, margin: float | None) -> list[Node]:

@@ -78,11 +78,14 @@ def best_of_n_weighted(
     nodes = sample_solutions(ledger, config.n)
     totals: dict[str | None, float] = defaultdict(float)
     for nd in nodes:
-        totals[answer_of(nd.steps)] += nd.value(config.aggregation)
+        totals[answer_of(nd.steps, config.answer_prefix)] += nd.value(config.aggregation)
     if not totals:
         return ledger.result(None)
     answer = max(totals, key=lambda a: (a is not None, totals[a]))
-    chosen = best([nd for nd in nodes if answer_of(nd.steps) == answer], config.aggregation)
+    chosen = best(
+        [nd for nd in nodes if answer_of(nd.steps, config.answer_prefix) == answer],
+        config.aggregation,
+    )
     return ledger.result(chosen, score=totals[answer])
 
 
@@ -100,12 +103,12 @@ def majority_vote(
         live = [k for k in kids if not k.finished]
     votes: dict[str, int] = defaultdict(int)
     for nd in done:
-        if (a := answer_of(nd.steps)) is not None:
+        if (a := answer_of(nd.steps, config.answer_prefix)) is not None:
             votes[a] += 1
     if not votes:
         return ledger.result(done[0] if done else None, score=0.0)
     answer = max(votes, key=votes.__getitem__)
-    chosen = next(nd for nd in done if answer_of(nd.steps) == answer)
+    chosen = next(nd for nd in done if answer_of(nd.steps, config.answer_prefix) == answer)
     return ledger.result(chosen, score=votes[answer] / len(done))
 
 
