@@ -24,6 +24,7 @@ from cloud_node.errors import RequestError, model_failure
 from cloud_node.generation import Generated, GenerationBatcher, GenerationLimits
 from cloud_node.model_thread import ModelThread, Priority
 from models.base import CausalLM, LMSession
+from models.metrics import acceptance_rate, mean_accepted_length
 from models.sampling import SamplingParams
 from models.speculative import Proposal, Verdict, verify
 
@@ -421,8 +422,8 @@ class VerifyEngine:
             "rounds": float(st.rounds),
             "drafted_tokens": float(st.drafted),
             "accepted_tokens": float(st.accepted),
-            "acceptance_rate": st.accepted / st.drafted if st.drafted else 0.0,
-            "mean_accepted_length": 1 + st.accepted / st.rounds if st.rounds else 0.0,
+            "acceptance_rate": acceptance_rate(st.accepted, st.drafted),
+            "mean_accepted_length": mean_accepted_length(st.accepted, st.rounds),
             "batches": float(st.batches),
             "mean_batch_size": st.batched_rounds / st.batches if st.batches else 0.0,
             "model_cpu_s": self.thread.cpu_s,

@@ -12,6 +12,7 @@ from typing import Any
 from tqdm import tqdm
 
 from models import task
+from models.metrics import acceptance_rate, mean_accepted_length
 from node_runtime.serving import aio_channel
 from tandem.cluster import LocalCluster
 from tandem.report import bar_plot, print_table
@@ -77,8 +78,12 @@ class ModeStats:
         return {
             "accuracy": self.correct / self.requests if bundled and self.requests else None,
             "tokens_per_s": self.tokens / self.wall_s if self.wall_s else 0.0,
-            "acceptance_rate": self.accepted / self.drafted if self.drafted else None,
-            "mean_accepted_length": 1 + self.accepted / self.rounds if self.rounds else None,
+            "acceptance_rate": acceptance_rate(self.accepted, self.drafted)
+            if self.drafted
+            else None,
+            "mean_accepted_length": (
+                mean_accepted_length(self.accepted, self.rounds) if self.rounds else None
+            ),
             "cloud_ms_per_token": 1e3 * self.cloud_cpu_s / self.tokens if self.tokens else 0.0,
             "requests": float(self.requests),
             "degraded": float(self.degraded),
