@@ -86,20 +86,27 @@ def read(path: Path) -> dict[str, str]:
     return pins
 
 
-def check(extras: list[str]) -> list[str]:
-    """Every installed distribution that the locks of ``extras`` do not pin to its version."""
+def check(extras: list[str]) -> tuple[list[str], list[str]]:
+    """(installed packages at another version than their lock, installed packages not locked).
+
+    The second list is information, not an error: a user's own additions (a real checkpoint's
+    package, say), or a backport another Python needs (``tomli`` on 3.10), are not the locks'
+    business; a locked package at another version is.
+    """
     pins: dict[str, str] = {}
     for extra in ("base", *extras):
         pins |= read(LOCKS / f"{extra}.txt")
-    wrong = []
+    wrong, extra_dists = [], []
     for dist in metadata.distributions():
         name = normalize(dist.metadata["Name"])
         version = dist.version.split("+", 1)[0]
         if name in NOT_LOCKED or (name == "setuptools" and name not in pins):
             continue  # the venv's own setuptools, when no dependency asks for one
-        if pins.get(name) != version:
-            wrong.append(f"{name}=={dist.version} (lock: {pins.get(name, 'not pinned')})")
-    return sorted(wrong)
+        if name not in pins:
+            extra_dists.append(f"{name}=={dist.version}")
+        elif pins[name] != version:
+            wrong.append(f"{name}=={dist.version} (lock: {pins[name]})")
+    return sorted(wrong), sorted(extra_dists)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown extras {unknown}; known: {', '.join(EXTRAS)}", file=sys.stderr)
         return 2
-    wrong = check(extras)
+    wrong, unlocked = check(extras)
+    if unlocked:
+        print(f"note: installed but not locked: {', '.join(unlocked)}", file=sys.stderr)
     if wrong:
         print("installed packages that differ from constraints/*.txt:", file=sys.stderr)
         print("\n".join(f"  {w}" for w in wrong), file=sys.stderr)
