@@ -9,6 +9,7 @@ from pathlib import Path
 from edge_node.clouds import CloudDirectory
 from edge_node.service import EdgeConfig, EdgeServicer
 from models.base import CausalLM, Tokenizer
+from models.fingerprint import fingerprint
 from node_runtime.lifecycle import run_node
 from node_runtime.serving import aio_server, bind, log_event
 from tandem_wire.v1 import tandem_pb2 as pb
@@ -42,9 +43,10 @@ class EdgeNode:
     servicer: EdgeServicer
 
     async def stop(self, grace: float = 1.0) -> None:
-        """Stop serving and close the cloud channels."""
+        """Stop serving, close the cloud channels and release the servicer's threads."""
         await self.server.stop(grace)  # type: ignore[attr-defined]
         await self.servicer.clouds.close()
+        self.servicer.close()
 
 
 async def start_edge(lm: CausalLM, tok: Tokenizer, config: EdgeNodeConfig) -> EdgeNode:
@@ -68,7 +70,8 @@ async def run_edge(config: EdgeNodeConfig, ready_file: Path | None = None) -> No
 
     lm, tok = load_lm(config.model)
     node = await start_edge(lm, tok, config)
-    node.servicer.calibrate()
+    servicer = node.servicer
+    servicer.stats.calibrate(lm, tok)
     node.servicer.clouds.start_probing(config.probe_period_s)
     info = pb.NodeInfo(
         node_id=node.servicer.node_id,
@@ -77,13 +80,14 @@ async def run_edge(config: EdgeNodeConfig, ready_file: Path | None = None) -> No
         models=[pb.ModelInfo(name=lm.name, vocab_size=lm.vocab_size)],
         device=config.device,
         max_sessions=config.edge.max_concurrent,
+        tokenizer=fingerprint(tok),
     )
     await run_node(
         info,
         "edge",
         config.coordinator,
-        lambda: pb.NodeLoad(active_sessions=node.servicer.active),
-        node.servicer.reading,
+        lambda: pb.NodeLoad(active_sessions=servicer.active),
+        lambda: servicer.stats.reading(servicer.active, servicer.clouds),
         node.stop,
         ready_file,
     )
