@@ -25,7 +25,7 @@ from models.fingerprint import fingerprint
 from models.reasoning.proposer import StepDraft
 from models.sampling import SamplingParams
 from models.speculative import Proposal
-from node_runtime.serving import log_event
+from node_runtime.serving import CLIENT_ID_KEY, log_event
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 
@@ -39,7 +39,6 @@ CODES: dict[Kind, grpc.StatusCode] = {
     "unavailable": grpc.StatusCode.UNAVAILABLE,
     "precondition": grpc.StatusCode.FAILED_PRECONDITION,
 }
-CLIENT_KEY = "tandem-client-id"  # metadata naming the caller, for per-client shares
 _MAX_CLIENT_ID = 128  # characters of a client id at the most
 _SUM_TOLERANCE = 1e-3  # how far a q row's probabilities may sum from 1 (float32 on the wire)
 
@@ -47,7 +46,7 @@ _SUM_TOLERANCE = 1e-3  # how far a q row's probabilities may sum from 1 (float32
 def client_of(context: grpc.aio.ServicerContext) -> str:
     """Who the caller is, for per-client shares (see the module docstring)."""
     for key, value in context.invocation_metadata() or ():
-        if key == CLIENT_KEY and isinstance(value, str) and 0 < len(value) <= _MAX_CLIENT_ID:
+        if key == CLIENT_ID_KEY and isinstance(value, str) and 0 < len(value) <= _MAX_CLIENT_ID:
             return f"id:{value}"
     return context.peer() or "unknown"
 

@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 
 from node_runtime.kinds import Mode, Objective, QualityFloor
-from node_runtime.serving import log_event
+from node_runtime.serving import aio_channel, log_event
 from tandem_wire.caps import GRPC_OPTIONS
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
@@ -137,7 +137,7 @@ class CloudDirectory:
             self._retire(target)
             ch = None
         if ch is None:
-            ch = grpc.aio.insecure_channel(target, options=GRPC_OPTIONS + RECONNECT_OPTIONS)
+            ch = aio_channel(target, client_id=self.edge_id, options=RECONNECT_OPTIONS)
             self._channels[target] = ch
         return pb_grpc.CloudStub(ch)
 

@@ -56,9 +56,63 @@ def aio_server() -> grpc.aio.Server:
     return grpc.aio.server(options=GRPC_OPTIONS, interceptors=[StatusInterceptor()])
 
 
-def aio_channel(address: str) -> grpc.aio.Channel:
-    """An asyncio channel to ``address`` with Tandem's message caps."""
-    return grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+CLIENT_ID_KEY = "tandem-client-id"  # metadata naming the calling node, for servers' fair shares
+
+
+def _with_client_id(details: grpc.aio.ClientCallDetails, client_id: str) -> Any:
+    metadata = grpc.aio.Metadata(*(details.metadata or ()))
+    metadata.add(CLIENT_ID_KEY, client_id)
+    return details._replace(metadata=metadata)
+
+
+class _ClientId:
+    def __init__(self, client_id: str) -> None:
+        self.client_id = client_id
+
+    async def _call(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_with_client_id(details, self.client_id), request)
+
+
+# grpc.aio files an interceptor under the first call kind it implements, so one class a kind.
+class _UnaryUnaryClientId(_ClientId, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await self._call(continuation, details, request)
+
+
+class _UnaryStreamClientId(_ClientId, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await self._call(continuation, details, request)
+
+
+class _StreamUnaryClientId(_ClientId, grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await self._call(continuation, details, requests)
+
+
+class _StreamStreamClientId(_ClientId, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await self._call(continuation, details, requests)
+
+
+def client_id_interceptors(client_id: str) -> list[Any]:
+    """Interceptors that send ``tandem-client-id: <client_id>`` on every call kind, so a server
+    shares its capacity per node rather than per connection (nodes behind one proxy share one)."""
+    kinds = (_UnaryUnaryClientId, _UnaryStreamClientId, _StreamUnaryClientId, _StreamStreamClientId)
+    return [kind(client_id) for kind in kinds]
+
+
+def aio_channel(
+    address: str,
+    *,
+    client_id: str | None = None,
+    options: list[tuple[str, Any]] | None = None,
+) -> grpc.aio.Channel:
+    """An asyncio channel to ``address`` with Tandem's message caps (plus ``options``); with
+    ``client_id``, every call names its caller (``tandem-client-id``)."""
+    interceptors = client_id_interceptors(client_id) if client_id else None
+    return grpc.aio.insecure_channel(
+        address, options=GRPC_OPTIONS + (options or []), interceptors=interceptors
+    )
 
 
 def bind(server: grpc.aio.Server, host: str, port: int) -> str:

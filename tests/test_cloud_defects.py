@@ -18,13 +18,14 @@ import pytest
 from cloud_node.engine import EngineConfig, RequestError
 from cloud_node.model_thread import ModelThread, Priority
 from cloud_node.node import CloudConfig, CloudNode, LoadProbe, start_cloud
-from cloud_node.service import CLIENT_KEY, round_from_wire
+from cloud_node.service import round_from_wire
 from coordinator.convert import load_from_wire
 from coordinator.registry import CoordinatorConfig
 from coordinator.service import serve
 from models.base import CausalLM, LMSession
 from models.loader import load_lm
 from node_runtime.agent import NodeAgent
+from node_runtime.serving import CLIENT_ID_KEY
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 
@@ -77,7 +78,7 @@ class Stream:
     """One Speculate stream, message by message."""
 
     def __init__(self, channel: grpc.aio.Channel, client: str = "") -> None:
-        meta = ((CLIENT_KEY, client),) if client else None
+        meta = ((CLIENT_ID_KEY, client),) if client else None
         self.call = pb_grpc.CloudStub(channel).Speculate(timeout=60, metadata=meta)
 
     async def send(self, msg: pb.SpecRequest) -> None:
