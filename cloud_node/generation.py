@@ -1,8 +1,10 @@
 """Cloud-only generation: admitted up to a bound, continuously batched, one token per pass.
 
 Every admitted generation advances by one token in each forward pass, together with the others
-(a new one joins with its prompt as its feed). Each pass is one call on the model thread at
-generation priority, so a verify round waits for at most one pass, never for whole generations.
+(a new one joins with its prompt as its feed). One call on the model thread, at generation
+priority, runs passes back to back until a verify round or step work waits, a newcomer could
+join, or ``passes_per_call`` is reached: a verify round waits for at most one pass, never for
+whole generations, and an idle node pays no thread hand-off per token.
 Admission is bounded in total and per client: past either bound the request is refused with
 RESOURCE_EXHAUSTED and the reason, instead of waiting without end.
 """
@@ -10,6 +12,7 @@ RESOURCE_EXHAUSTED and the reason, instead of waiting without end.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -28,6 +31,7 @@ class GenerationLimits:
     max_active: int = 64  # generations admitted at once, in a pass or waiting for one
     max_per_client: int = 32  # of those, held by one client at the most
     batch: int = 16  # generations advanced by one forward pass at the most
+    passes_per_call: int = 64  # passes one model-thread call runs at the most, back to back
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_per_client <= self.max_active or self.batch < 1:
@@ -65,6 +69,11 @@ class _Generation:
     def feed(self) -> list[int]:
         """The tokens the next pass feeds: the prompt first, then the last sampled token."""
         return self.prompt if not self.out else self.out[-1:]
+
+    def add_pass(self, ms: float, cpu_s: float) -> None:
+        """Charge this generation its part of one pass."""
+        self.ms += ms
+        self.cpu_s += cpu_s
 
     def take(self, logits: np.ndarray) -> bool:
         """Sample the next token from the last position's logits [V]; True when finished."""
@@ -167,12 +176,8 @@ class GenerationBatcher:
                     await self._pass(batch)
 
     async def _pass(self, batch: list[_Generation]) -> None:
-        sessions = [g.session for g in batch]
-        feeds = [g.feed() for g in batch]
         try:
-            logits, ms, cpu = await self.thread.run(
-                lambda: self.lm.extend_batch(sessions, feeds), Priority.GENERATE
-            )
+            finished, passes = await self._call(batch)
         except RequestError as err:
             self._fail(batch, err)
             return
@@ -182,16 +187,36 @@ class GenerationBatcher:
                     g.future.set_exception(model_failure("generation pass", exc))
             self._drop(batch)
             return
-        self.passes += 1
-        finished = []
-        for g, lg in zip(batch, logits, strict=True):
-            g.ms += ms
-            g.cpu_s += cpu / len(batch)
-            if g.future.done() or g.take(lg[-1]):
-                finished.append(g)
-                if not g.future.done():
-                    g.future.set_result(Generated(g.out, g.ms, g.cpu_s))
-        self._drop(finished)
+        self.passes += passes
+        for g in finished:
+            if not g.future.done():
+                g.future.set_result(Generated(g.out, g.ms, g.cpu_s))
+        self._drop([g for g in batch if g in finished or g.future.done()])
+
+    async def _call(self, batch: list[_Generation]) -> tuple[list[_Generation], int]:
+        """Passes over ``batch`` in one model-thread call: (the generations that finished,
+        passes run)."""
+        lim, thread = self.limits, self.thread
+
+        def work() -> tuple[list[_Generation], int]:
+            live, finished, passes = list(batch), [], 0
+            while live:
+                t0, c0 = time.perf_counter(), time.thread_time()
+                logits = self.lm.extend_batch([g.session for g in live], [g.feed() for g in live])
+                ms, cpu = (time.perf_counter() - t0) * 1e3, time.thread_time() - c0
+                passes += 1
+                going = []
+                for g, lg in zip(live, logits, strict=True):
+                    g.add_pass(ms, cpu / len(live))
+                    (finished if g.take(lg[-1]) else going).append(g)
+                live = going
+                room = len(live) < lim.batch and len(self._active) > len(batch)
+                if passes >= lim.passes_per_call or thread.urgent_waiting() or room:
+                    break
+            return finished, passes
+
+        out, _, _ = await thread.run(work, Priority.GENERATE)
+        return out
 
     def _fail(self, batch: list[_Generation], err: RequestError) -> None:
         for g in batch:

@@ -44,6 +44,7 @@ class ModelThread:
         self._waiters: list[tuple[int, int, int, asyncio.Future[None]]] = []  # a heap
         self._seq = itertools.count()
         self._since: float | None = None  # perf_counter at the start of the running call
+        self._urgent = 0  # waiters that outrank generation; read by a running generation call
         self.busy_s = 0.0  # wall seconds of finished calls
         self.cpu_s = 0.0  # thread CPU seconds of finished calls
 
@@ -52,6 +53,11 @@ class ModelThread:
         since = self._since  # read once: the worker thread may clear it meanwhile
         running = time.perf_counter() - since if since is not None else 0.0
         return self.busy_s + max(running, 0.0)
+
+    def urgent_waiting(self) -> bool:
+        """Whether a call that outranks generation waits: a generation call checks this between
+        passes from the worker thread (reading an int is atomic) and returns the thread."""
+        return self._urgent > 0
 
     @property
     def waiting(self) -> int:
@@ -91,12 +97,16 @@ class ModelThread:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (int(priority), order, next(self._seq), fut))
+        urgent = priority < Priority.GENERATE
+        self._urgent += urgent
         try:
             await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():  # granted as it was cancelled: pass it on
                 self._release()
             raise  # a cancelled waiter stays in the heap and is skipped when popped
+        finally:
+            self._urgent -= urgent
 
     def _release(self) -> None:
         while self._waiters:

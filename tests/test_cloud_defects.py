@@ -449,3 +449,50 @@ def test_a_model_failure_is_internal_with_an_id_and_the_node_keeps_serving(targe
             assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
 
     run(with_cloud(watched, EngineConfig(), body))  # type: ignore[arg-type]
+
+
+class Paused(Watched):
+    """The target, pausing in its third generation pass until the test lets it go on."""
+
+    def __init__(self, lm: CausalLM) -> None:
+        super().__init__(lm)
+        self.generation_passes = 0
+        self.in_third = threading.Event()
+        self.go_on = threading.Event()
+
+    def extend_batch(
+        self, sessions: Sequence[LMSession], tokens: Sequence[Sequence[int]]
+    ) -> list[np.ndarray]:
+        assert self.node is not None
+        verifying = {id(s.lm_session) for s in self.node.engine.sessions.values()}
+        if any(id(s) in verifying for s in sessions):
+            self.verify_after.append(self.generation_passes)
+        else:
+            self.generation_passes += 1
+            if self.generation_passes == 3:
+                self.in_third.set()
+                self.go_on.wait(30)
+        return self.lm.extend_batch(sessions, tokens)
+
+
+def test_a_verify_round_waits_for_one_generation_pass_not_a_whole_call(target) -> None:
+    """Generation runs many passes per model-thread call, but hands the thread over between
+    passes as soon as a verify round waits."""
+    paused = Paused(target)
+
+    async def body(node: CloudNode) -> None:
+        paused.node = node
+        async with grpc.aio.insecure_channel(node.address, options=OWN_CONNECTION) as ch:
+            s = Stream(ch)
+            await s.ask(open_msg("v"))
+            req = pb.GenerateRequest(prompt=PROMPT, max_new_tokens=60)
+            gen = asyncio.ensure_future(pb_grpc.CloudStub(ch).Generate(req, timeout=60))
+            await until(paused.in_third.is_set, "generation in its third pass")
+            await s.send(verify_msg("v", 1, [5, 6]))
+            await until(node.engine.thread.urgent_waiting, "the round waits for the thread")
+            paused.go_on.set()
+            assert (await s.call.read()).verdict.round_id == 1
+            assert len((await gen).tokens) == 60
+        assert paused.verify_after == [3]  # the pass in progress finished, then the round ran
+
+    run(with_cloud(paused, EngineConfig(), body))  # type: ignore[arg-type]
