@@ -157,7 +157,7 @@ class Reasoner:
             max_tokens=task.token_budget or Budget.max_tokens,
             max_scored=task.score_budget or Budget.max_scored,
         )
-        cfg = SearchConfig(n=task.n, m=task.m, seed=task.seed)
+        cfg = SearchConfig(n=task.n, m=task.m, seed=task.seed, delimiter=delim)
         res = STRATEGIES[task.strategy](task.question, proposer, scorer, budget, cfg)
         acc = ReasonAccount(
             drafted_tokens=res.account.tokens,

@@ -378,7 +378,7 @@ class Speculator:
         if plan is None:
             return
         if plan.mode == SPECULATION and plan.cloud[0] == cloud:
-            if r.ctl.policy == "fixed":
+            if r.ctl.policy == KPolicy.FIXED:
                 r.ctl.k = max(1, min(plan.k, r.ctl.k_max))
             return
         raise _Switch(plan)

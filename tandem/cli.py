@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from node_runtime.kinds import KPolicy
+
 
 def _train(args: argparse.Namespace) -> int:
     import dataclasses
@@ -197,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--drafter", default="drafter-int8", help="edge model spec")
     d.add_argument("--edges", type=int, default=2)
     d.add_argument("--k", type=int, default=4)
-    d.add_argument("--k-policy", default="heuristic", choices=["fixed", "heuristic", "rtt"])
+    d.add_argument("--k-policy", default="heuristic", choices=[p.value for p in KPolicy])
     d.add_argument("--temperature", type=float, default=0.0)
     d.add_argument("--out", default="runs/demo")
     d.set_defaults(fn=_demo)

@@ -13,17 +13,14 @@ from tqdm import tqdm
 
 from models import task
 from models.metrics import acceptance_rate, mean_accepted_length
+from node_runtime.kinds import Mode
 from node_runtime.serving import aio_channel
 from tandem.cluster import LocalCluster
 from tandem.report import bar_plot, print_table
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 
-MODES = {
-    "cloud-only": pb.MODE_CLOUD_ONLY,
-    "edge-only": pb.MODE_EDGE_ONLY,
-    "speculation": pb.MODE_TOKEN_SPECULATION,
-}
+MODES = {m.value: m.to_wire() for m in (Mode.CLOUD_ONLY, Mode.EDGE_ONLY, Mode.SPECULATION)}
 # Asked when a model is a real checkpoint (hf:...): its tokenizer has no use for the synthetic
 # task's questions, and its answers to them would mean nothing.
 TEXT_PROMPTS = (
