@@ -15,6 +15,7 @@ from cloud_node.steps import StepService
 from models.base import CausalLM, Tokenizer
 from models.fingerprint import fingerprint
 from models.reasoning.protocols import StepScorer
+from node_runtime.emulation import EmulatedLM, emulate, emulation_values
 from node_runtime.lifecycle import RateWindow, run_node
 from node_runtime.serving import aio_server, bind, log_event
 from node_runtime.telemetry import Reading
@@ -36,6 +37,7 @@ class CloudConfig:
     torch_threads: int = 1  # intra-op threads of the target (2-core machines share with edges)
     engine: EngineConfig = field(default_factory=EngineConfig)  # sessions, batching, limits
     scorers: tuple[str, ...] = ("prm", "judge")  # step scorers served; the first is the default
+    device: str = "cpu"  # device profile to emulate (node_runtime.profiles); "cpu": none
 
 
 @dataclass
@@ -71,7 +73,10 @@ async def start_cloud(
     servicer = CloudServicer(engine, node_id, eos_id, steps, tokenizer)
     pb_grpc.add_CloudServicer_to_server(servicer, server)
     await server.start()
-    log_event(log, "cloud_listening", address=address, node_id=node_id, model=lm.name)
+    emulated = lm.profile.name if isinstance(lm, EmulatedLM) else None
+    log_event(
+        log, "cloud_listening", address=address, node_id=node_id, model=lm.name, emulated=emulated
+    )
     return CloudNode(server, address, engine, servicer)
 
 
@@ -111,6 +116,7 @@ async def run_cloud(config: CloudConfig, ready_file: Path | None = None) -> None
 
     torch.set_num_threads(config.torch_threads)
     lm, tok = load_lm(config.model)
+    lm = emulate(lm, config.device)  # every call still runs; its wall time becomes the device's
     bundled = not config.model.startswith("hf")
     scorers = config.scorers if bundled else tuple(n for n in config.scorers if n != "prm")
     node = await start_cloud(lm, tok.eos_id, replace(config, scorers=scorers), tok)
@@ -121,7 +127,7 @@ async def run_cloud(config: CloudConfig, ready_file: Path | None = None) -> None
         role=pb.ROLE_CLOUD,
         address=node.address,
         models=[model_info(lm, config.model.split(":", 1)[0])],
-        device="cpu",
+        device=config.device,
         max_sessions=config.engine.max_sessions,
         tokenizer=fingerprint(tok),
     )
@@ -162,7 +168,7 @@ class LoadProbe:
             queue_depth=e.queue_depth,
             busy_fraction=self._telemetry.busy_fraction("busy_s", e.busy_seconds()),
             tokens_per_s=self._telemetry.rate("tokens", self._produced()),
-            extra=e.costs.figures(),
+            extra={**e.costs.figures(), **emulation_values(e.lm)},
         )
 
     def _produced(self) -> int:

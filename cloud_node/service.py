@@ -25,6 +25,7 @@ from models.fingerprint import fingerprint
 from models.reasoning.proposer import StepDraft
 from models.sampling import SamplingParams
 from models.speculative import Proposal
+from node_runtime.emulation import emulation_values
 from node_runtime.serving import CLIENT_ID_KEY, log_event
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
@@ -320,4 +321,5 @@ class CloudServicer(pb_grpc.CloudServicer):
         values = self.engine.metrics()
         if self.steps is not None:
             values.update({k: float(v) for k, v in self.steps.counts.items()})
+        values.update(emulation_values(self.engine.lm))  # empty unless --device emulates one
         return pb.MetricsReply(node_id=self.node_id, values=values)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edge_node.clouds import CloudDirectory
 from edge_node.service import EdgeConfig, EdgeServicer
 from models.base import CausalLM, Tokenizer
 from models.fingerprint import fingerprint
+from node_runtime.emulation import EmulatedLM, emulate, emulation_values
 from node_runtime.lifecycle import run_node
 from node_runtime.serving import aio_server, bind, log_event
+from node_runtime.telemetry import Reading
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 
@@ -30,7 +32,7 @@ class EdgeNodeConfig:
     clouds: tuple[str, ...] = ()  # fixed cloud addresses, tried when the coordinator has none
     routes: tuple[tuple[str, str], ...] = ()  # (cloud address, address to dial instead)
     probe_period_s: float = 1.0  # how often the RTT to every cloud is measured
-    device: str = "cpu"  # device profile reported to the coordinator
+    device: str = "cpu"  # device profile to emulate and report (node_runtime.profiles); "cpu": none
     edge: EdgeConfig = field(default_factory=EdgeConfig)  # request defaults and limits
 
 
@@ -60,7 +62,10 @@ async def start_edge(lm: CausalLM, tok: Tokenizer, config: EdgeNodeConfig) -> Ed
     servicer = EdgeServicer(node_id, lm, tok, clouds, config.edge)
     pb_grpc.add_EdgeServicer_to_server(servicer, server)
     await server.start()
-    log_event(log, "edge_listening", address=address, node_id=node_id, model=lm.name)
+    emulated = lm.profile.name if isinstance(lm, EmulatedLM) else None
+    log_event(
+        log, "edge_listening", address=address, node_id=node_id, model=lm.name, emulated=emulated
+    )
     return EdgeNode(server, address, servicer)
 
 
@@ -69,6 +74,7 @@ async def run_edge(config: EdgeNodeConfig, ready_file: Path | None = None) -> No
     from models.loader import load_lm
 
     lm, tok = load_lm(config.model)
+    lm = emulate(lm, config.device)  # every call still runs; its wall time becomes the device's
     node = await start_edge(lm, tok, config)
     servicer = node.servicer
     servicer.stats.calibrate(lm, tok)
@@ -87,7 +93,13 @@ async def run_edge(config: EdgeNodeConfig, ready_file: Path | None = None) -> No
         "edge",
         config.coordinator,
         lambda: pb.NodeLoad(active_sessions=servicer.active),
-        lambda: servicer.stats.reading(servicer.active, servicer.clouds),
+        lambda: _with_emulation(servicer.stats.reading(servicer.active, servicer.clouds), lm),
         node.stop,
         ready_file,
     )
+
+
+def _with_emulation(reading: Reading, lm: CausalLM) -> Reading:
+    """The telemetry sample with the emulated device's counters, when there is one."""
+    extra = emulation_values(lm)
+    return replace(reading, extra={**reading.extra, **extra}) if extra else reading

@@ -32,6 +32,7 @@ from edge_node.solving import NoCloud, SolveDefaults, Solver
 from edge_node.speculation import Speculator
 from edge_node.stats import Admission, EdgeStats
 from models.base import CausalLM, Tokenizer
+from node_runtime.emulation import emulation_values
 from node_runtime.errors import Overloaded, Precondition
 from node_runtime.kinds import KPolicy, Mode
 from node_runtime.serving import log_event
@@ -225,8 +226,10 @@ class EdgeServicer(pb_grpc.EdgeServicer):
     async def Metrics(
         self, request: pb.MetricsRequest, context: grpc.aio.ServicerContext
     ) -> pb.MetricsReply:
-        """The node's counters."""
-        return pb.MetricsReply(node_id=self.node_id, values=self.stats.values(self.active))
+        """The node's counters, with the emulated device's when ``--device`` names one."""
+        values = self.stats.values(self.active)
+        values.update(emulation_values(self.lm))
+        return pb.MetricsReply(node_id=self.node_id, values=values)
 
     def close(self) -> None:
         """Release the reasoner's channels and threads and the drafter's thread."""

@@ -85,6 +85,7 @@ def _serve(args: argparse.Namespace) -> int:
             node_id=args.node_id,
             coordinator=args.coordinator,
             torch_threads=args.threads,
+            device=args.device,
             engine=EngineConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms),
         )
         asyncio.run(run_cloud(cfg, ready))
@@ -99,8 +100,23 @@ def _serve(args: argparse.Namespace) -> int:
         coordinator=args.coordinator,
         clouds=tuple(args.cloud),
         routes=tuple(_route(r) for r in args.route),
+        device=args.device,
     )
     asyncio.run(run_edge(ecfg, ready))
+    return 0
+
+
+def _profiles(args: argparse.Namespace) -> int:
+    from node_runtime.profiles import describe, get_profile, sources
+
+    if not args.name:
+        print(describe())
+        return 0
+    for name in args.name:
+        p = get_profile(name)
+        print(f"{p.name}: {p.model} on {p.device}")
+        for line in sources(p):
+            print(f"  {line}")
     return 0
 
 
@@ -191,7 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-wait-ms", type=float, default=0.0, help="batch fill wait (cloud)")
     s.add_argument("--ready-file", default="", help="write {address, pid} here once listening")
     s.add_argument("--log-level", default="info")
+    s.add_argument(
+        "--device",
+        default="cpu",
+        help="emulate a device profile (see `tandem profiles`): real calls padded to its time",
+    )
     s.set_defaults(fn=_serve)
+
+    pr = sub.add_parser("profiles", help="device profiles: costs per call kind, with sources")
+    pr.add_argument("name", nargs="*", help="profiles to show with every figure's source")
+    pr.set_defaults(fn=_profiles)
 
     d = sub.add_parser("demo", help="local cluster: every mode on held-out problems")
     d.add_argument("--problems", type=int, default=40)
