@@ -59,3 +59,43 @@ def bar_plot(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# Columns of a figures table: one repeated figure a row (see ``figure_row``).
+FIGURE_COLUMNS = ("median", "spread", "n", "target", "met", "note")
+
+
+def spread_text(spread: Mapping[str, float] | None) -> str:
+    """``min-max`` of a spread in its JSON form (``tandem.repeats.Spread.as_dict``)."""
+    if spread is None:
+        return "-"
+    return f"{_fmt(float(spread['min']))}-{_fmt(float(spread['max']))}"
+
+
+def figure_row(
+    spread: Mapping[str, float] | None,
+    target: str = "",
+    met: bool | None = None,
+    note: str = "",
+) -> dict[str, object]:
+    """One row of a figures table: median, range and repeat count, target, whether the median
+    meets it, and a note."""
+    return {
+        "median": None if spread is None else float(spread["median"]),
+        "spread": spread_text(spread),
+        "n": None if spread is None else int(spread["n"]),
+        "target": target or "-",
+        "met": met if target else None,
+        "note": note,
+    }
+
+
+def median_and_error(
+    spreads: Sequence[Mapping[str, float] | None],
+) -> tuple[list[float], list[list[float]]]:
+    """Medians and [below, above] error bar lengths (to min and max) for matplotlib's errorbar."""
+    nan = float("nan")
+    med = [float(s["median"]) if s else nan for s in spreads]
+    lo = [m - float(s["min"]) if s else 0.0 for m, s in zip(med, spreads, strict=True)]
+    hi = [float(s["max"]) - m if s else 0.0 for m, s in zip(med, spreads, strict=True)]
+    return med, [lo, hi]
