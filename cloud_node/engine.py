@@ -1,9 +1,9 @@
-"""Verification sessions of a cloud node and the batcher that serves their rounds together.
+"""Verification sessions of a cloud node, and the engine serving them and cloud-only generation.
 
-Domain code only: no gRPC here. Every model call runs on one worker thread (``ModelThread``), so
-the asyncio loop keeps accepting requests while a batch computes, verify rounds go before other
-model work, and the CPU seconds of each forward pass can be measured with the thread clock and
-shared among the rounds it served.
+Domain code only: no gRPC here. Every model call runs on one worker thread (``ModelThread``);
+verify rounds and cloud-only generation share its forward passes, one iteration at a time
+(``cloud_node.iterations``), so a long generation never holds the model and the asyncio loop
+keeps accepting requests while an iteration computes.
 
 A session belongs to the caller that opened it (``owner``, one per verify stream): another caller
 naming it is told it does not exist. Sessions idle past their TTL are swept periodically.
@@ -14,22 +14,39 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 
 from cloud_node.costs import CostTracker
-from cloud_node.errors import RequestError, model_failure
-from cloud_node.generation import Generated, GenerationBatcher, GenerationLimits
+from cloud_node.errors import RequestError
+from cloud_node.generation import Generated, GenerationLimits, GenerationQueue
+from cloud_node.iterations import (
+    EngineStats,
+    IterationLoop,
+    LoopLimits,
+    PendingRound,
+    Round,
+    RoundResult,
+    Session,
+)
 from cloud_node.model_thread import ModelThread, Priority
-from models.base import CausalLM, LMSession
+from models.base import CausalLM
 from models.metrics import acceptance_rate, mean_accepted_length
 from models.sampling import SamplingParams
-from models.speculative import Proposal, Verdict, verify
 
 T = TypeVar("T")
-__all__ = ["EngineConfig", "Priority", "RequestError", "Round", "RoundResult", "VerifyEngine"]
+__all__ = [
+    "EngineConfig",
+    "EngineStats",
+    "Priority",
+    "RequestError",
+    "Round",
+    "RoundResult",
+    "Session",
+    "VerifyEngine",
+]
 
 
 @dataclass(frozen=True)
@@ -40,12 +57,12 @@ class EngineConfig:
     max_client_sessions: int = 64  # of those, held by one client at the most (its fair share)
     session_ttl_s: float = 120.0  # an idle session is dropped after this (swept periodically)
     max_draft: int = 16  # largest k a round may carry
-    max_batch: int = 16  # rounds served by one forward pass at the most
-    max_wait_ms: float = 0.0  # extra wait for a batch to fill; 0 serves what is queued at once
+    max_batch: int = 16  # verify rounds in one iteration (forward pass) at the most
+    max_wait_ms: float = 0.0  # extra wait for rounds to fill an iteration without generation
     queue_limit: int = 256  # rounds waiting at the most; past it, RESOURCE_EXHAUSTED
     max_generations: int = 64  # cloud-only generations admitted at once; past it, EXHAUSTED
     max_client_generations: int = 32  # of those, held by one client at the most
-    generate_batch: int = 16  # generations advanced by one forward pass at the most
+    generate_batch: int = 16  # generations advanced by one iteration at the most
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_client_sessions <= self.max_sessions:
@@ -62,74 +79,18 @@ class EngineConfig:
             self.max_generations, self.max_client_generations, self.generate_batch
         )
 
+    def loop_limits(self) -> LoopLimits:
+        """How verify rounds enter iterations."""
+        return LoopLimits(self.max_batch, self.max_wait_ms, self.queue_limit)
+
     @property
     def sweep_every_s(self) -> float:
         """How often idle sessions are looked for: often enough to free them near their TTL."""
         return min(max(self.session_ttl_s / 4, 0.01), 5.0)
 
 
-@dataclass(frozen=True)
-class Round:
-    """One verify request, after validation."""
-
-    session_id: str
-    round_id: int
-    base_position: int
-    proposal: Proposal
-
-
-@dataclass(frozen=True)
-class RoundResult:
-    """A verdict and what it cost."""
-
-    session_id: str
-    round_id: int
-    base_position: int
-    verdict: Verdict
-    position: int  # committed length after the round
-    model_ms: float  # wall time of the forward pass that served it
-    model_cpu_s: float  # its share of that pass's CPU seconds
-    batch_size: int
-
-
-@dataclass
-class Session:
-    """One sequence being verified: committed tokens, target cache, sampler."""
-
-    lm_session: LMSession
-    committed: list[int]
-    params: SamplingParams
-    rng: np.random.Generator
-    last_used: float
-    owner: object | None = None  # the caller (verify stream) that opened it; only it may use it
-    client: str = ""  # who holds it, for the per-client share of sessions
-    last_result: RoundResult | None = None
-    busy: bool = False
-
-
-@dataclass
-class _Pending:
-    round: Round
-    future: asyncio.Future[RoundResult]
-    session: Session = field(repr=False)
-
-
-@dataclass
-class EngineStats:
-    """Counters exposed as metrics."""
-
-    rounds: int = 0
-    drafted: int = 0
-    accepted: int = 0
-    batches: int = 0
-    batched_rounds: int = 0
-    generated_tokens: int = 0
-    expired_sessions: int = 0
-    rejected: int = 0  # requests refused with a status, each counted once (by the servicer)
-
-
 class VerifyEngine:
-    """Sessions, validation, and a batcher over one target model."""
+    """Sessions, validation, and the iteration loop over one target model."""
 
     def __init__(self, lm: CausalLM, config: EngineConfig = EngineConfig()) -> None:
         self.lm = lm
@@ -137,31 +98,28 @@ class VerifyEngine:
         self.sessions: dict[str, Session] = {}
         self.stats = EngineStats()
         self.started = time.monotonic()
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=config.queue_limit)
         self.thread = ModelThread()
-        self.generation = GenerationBatcher(lm, self.thread, config.generation_limits())
-        self._tasks: list[asyncio.Task[None]] = []
         self.costs = CostTracker()
+        self.generations = GenerationQueue(lm, config.generation_limits())
+        self.loop = IterationLoop(
+            lm, self.thread, config.loop_limits(), self.generations, self.stats, self.costs
+        )
+        self._sweeper: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        """Start the batching worker and the session sweeper on the running loop."""
-        if not self._tasks:
-            loop = asyncio.get_running_loop()
-            self._tasks = [loop.create_task(self._run()), loop.create_task(self._sweep())]
-            self.generation.start()
+        """Start the iteration loop and the session sweeper on the running loop."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+            self.loop.start()
 
     async def stop(self) -> None:
         """Stop the workers; pending rounds and generations fail as unavailable."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-        await self.generation.stop()
-        while not self._queue.empty():
-            p = self._queue.get_nowait()
-            if not p.future.done():
-                p.future.set_exception(RequestError("unavailable", "cloud node is stopping"))
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
+        await self.loop.stop()
         self.thread.shutdown()
 
     async def run_model(
@@ -310,12 +268,8 @@ class VerifyEngine:
         if s.busy:
             raise RequestError("invalid", f"session {r.session_id!r} already has a round in flight")
         fut: asyncio.Future[RoundResult] = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait(_Pending(r, fut, s))
-        except asyncio.QueueFull:  # counted as a rejection where it is answered, once
-            raise RequestError(
-                "exhausted", f"verify queue full ({self.config.queue_limit} rounds waiting)"
-            ) from None
+        self.loop.enqueue(PendingRound(r, s, fut))  # counted as a rejection where answered
+        self.start()
         s.busy = True
         try:
             return await fut
@@ -325,73 +279,8 @@ class VerifyEngine:
 
     @property
     def queue_depth(self) -> int:
-        """Verify rounds and generations waiting for the model."""
-        return self._queue.qsize() + self.generation.waiting
-
-    async def _run(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            if self.config.max_wait_ms > 0 and len(batch) < self.config.max_batch:
-                await asyncio.sleep(self.config.max_wait_ms / 1e3)
-            while len(batch) < self.config.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            live = [p for p in batch if not p.future.done()]  # callers that went away
-            if not live:
-                continue
-            try:
-                results = await self._serve(live)
-            except RequestError as err:  # the node is stopping
-                for p in live:
-                    if not p.future.done():
-                        p.future.set_exception(RequestError(err.kind, str(err)))
-                continue
-            except Exception as exc:  # a model failure fails its rounds, never the worker
-                for p in live:
-                    if not p.future.done():
-                        p.future.set_exception(model_failure("verify pass", exc))
-                continue
-            for p, res in zip(live, results, strict=True):
-                if not p.future.done():
-                    p.future.set_result(res)
-
-    async def _serve(self, batch: list[_Pending]) -> list[RoundResult]:
-        feeds = []
-        for p in batch:
-            s, n = p.session, p.round.base_position
-            cached = min(s.lm_session.length, n - 1)
-            s.lm_session.truncate(cached)
-            feeds.append(s.committed[cached:n] + p.round.proposal.tokens.tolist())
-        sessions = [p.session.lm_session for p in batch]
-        logits, ms, cpu = await self.run_model(
-            lambda: self.lm.extend_batch(sessions, feeds), Priority.VERIFY
-        )
-        self.costs.observe_verify(sum(len(f) for f in feeds), ms)
-        results = []
-        for p, lg in zip(batch, logits, strict=True):
-            r, s = p.round, p.session
-            k = len(r.proposal.tokens)
-            verdict = verify(r.proposal, lg[-(k + 1) :], s.params, s.rng)
-            n = r.base_position
-            s.committed += [*r.proposal.tokens[: verdict.accepted].tolist(), verdict.next_token]
-            s.lm_session.truncate(n + verdict.accepted)  # cache = committed minus its last token
-            res = RoundResult(
-                r.session_id,
-                r.round_id,
-                n,
-                verdict,
-                len(s.committed),
-                ms,
-                cpu / len(batch),
-                len(batch),
-            )
-            s.last_result = res
-            self.stats.rounds += 1
-            self.stats.drafted += k
-            self.stats.accepted += verdict.accepted
-            results.append(res)
-        self.stats.batches += 1
-        self.stats.batched_rounds += len(batch)
-        return results
+        """Verify rounds and generations waiting for an iteration to take them."""
+        return self.loop.waiting_rounds + self.generations.waiting
 
     # ------------------------------------------------------------------ cloud-only generation
     async def generate(
@@ -402,12 +291,19 @@ class VerifyEngine:
         eos_id: int | None,
         client: str = "",
     ) -> Generated:
-        """Autoregressive target generation, batched with other generations; RequestError
-        ("exhausted") when the generation queue or ``client``'s share of it is full."""
+        """Autoregressive target generation, one token per iteration of the model loop;
+        RequestError("exhausted") when the generation queue or ``client``'s share of it is
+        full."""
         if max_new < 1:
             raise RequestError("invalid", "max_new_tokens must be at least 1")
         self._check_prompt(prompt)
-        out = await self.generation.generate(prompt, params, max_new, eos_id, client)
+        g = self.generations.admit(prompt, params, max_new, eos_id, client)
+        self.start()
+        self.loop.wake()
+        try:
+            out = await g.future
+        finally:
+            self.generations.leave(g)
         self.stats.generated_tokens += len(out.tokens)
         self.costs.observe_generate(len(out.tokens), out.model_ms)
         return out
@@ -426,11 +322,14 @@ class VerifyEngine:
             "mean_accepted_length": mean_accepted_length(st.accepted, st.rounds),
             "batches": float(st.batches),
             "mean_batch_size": st.batched_rounds / st.batches if st.batches else 0.0,
+            "iterations": float(st.iterations),
+            "verify_model_s": st.verify_model_s,
+            "generate_model_s": st.generate_model_s,
             "model_cpu_s": self.thread.cpu_s,
             "busy_fraction": min(1.0, max(0.0, self.busy_seconds() / up)),
             "generated_tokens": float(st.generated_tokens),
-            "generations_active": float(self.generation.active),
-            "generation_passes": float(self.generation.passes),
+            "generations_active": float(self.generations.active),
+            "generation_passes": float(st.generation_passes),
             "expired_sessions": float(st.expired_sessions),
             "rejected_requests": float(st.rejected),
         }

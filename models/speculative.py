@@ -6,6 +6,7 @@ Pure functions over arrays, shared by the cloud verifier, the tests and the simu
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,10 +57,7 @@ def verify(
     if target_logits.shape[0] != k + 1:
         raise ValueError(f"target_logits has {target_logits.shape[0]} rows, need k+1 = {k + 1}")
     if params.greedy:
-        argmax = target_logits.argmax(-1)  # [k+1]
-        mismatch = np.nonzero(proposal.tokens != argmax[:k])[0]
-        n = int(mismatch[0]) if len(mismatch) else k
-        return Verdict(n, int(argmax[n]))
+        return greedy_verdicts([proposal.tokens], [target_logits])[0]
     if proposal.q is None:
         raise ValueError("sampled verification needs the draft distributions q")
     p = probs(target_logits, params)  # [k+1, V]
@@ -73,6 +71,60 @@ def verify(
             residual = p[i]
         return Verdict(i, sample(residual / residual.sum(), rng))
     return Verdict(k, sample(p[k], rng))
+
+
+def greedy_verdicts(
+    drafts: Sequence[np.ndarray], target_logits: Sequence[np.ndarray]
+) -> list[Verdict]:
+    """Greedy ``verify`` of many rounds at once, by one argmax over all their rows.
+
+    drafts[b]: [k_b] tokens of round b; target_logits[b]: [k_b+1, V], as in ``verify``.
+
+    - Accepted tokens: the drafts before round b's first mismatch with the target's argmax.
+    - Recovered token: the argmax at that first mismatch.
+    - Bonus token: the argmax of row k_b, when all k_b drafts match (row k_b is set to mismatch,
+      so every round has a first mismatch and the two cases are one).
+    """
+    if not drafts:
+        return []
+    for d, lg in zip(drafts, target_logits, strict=True):
+        if lg.shape[0] != len(d) + 1:
+            raise ValueError(f"target_logits has {lg.shape[0]} rows, need k+1 = {len(d) + 1}")
+    top = np.concatenate(target_logits).argmax(-1)  # [N = sum(k_b+1)] the target's tokens
+    drafted = np.concatenate([np.append(d, -1) for d in drafts])  # [N] -1 at every bonus row
+    starts = np.cumsum([0] + [len(d) + 1 for d in drafts[:-1]])  # [B] first row of each round
+    row = np.arange(len(top))  # [N]
+    miss = np.where(drafted != top, row, len(top))  # [N] a row's index where it mismatches
+    first = np.minimum.reduceat(miss, starts)  # [B] first mismatching row of each round
+    return [Verdict(int(a), int(t)) for a, t in zip(first - starts, top[first], strict=True)]
+
+
+def verify_batch(
+    proposals: Sequence[Proposal],
+    target_logits: Sequence[np.ndarray],
+    params: Sequence[SamplingParams],
+    rngs: Sequence[np.random.Generator],
+) -> list[Verdict]:
+    """``verify`` over the rounds of one forward pass, each round's verdict the same as alone.
+
+    target_logits[b]: [k_b+1, V] of round b. Greedy rounds are decided together
+    (``greedy_verdicts``); sampled rounds one by one, each drawing from its own generator, so a
+    verdict never depends on which rounds shared the pass.
+    """
+    if not len(proposals) == len(target_logits) == len(params) == len(rngs):
+        raise ValueError("verify_batch: one logits array, params and generator per proposal")
+    verdicts: list[Verdict | None] = [None] * len(proposals)
+    greedy = [b for b, p in enumerate(params) if p.greedy]
+    if greedy:
+        found = greedy_verdicts(
+            [proposals[b].tokens for b in greedy], [target_logits[b] for b in greedy]
+        )
+        for b, v in zip(greedy, found, strict=True):
+            verdicts[b] = v
+    for b, p in enumerate(params):
+        if not p.greedy:
+            verdicts[b] = verify(proposals[b], target_logits[b], p, rngs[b])
+    return [v for v in verdicts if v is not None]
 
 
 def heuristic_next_k(k: int, accepted: int, k_max: int) -> int:

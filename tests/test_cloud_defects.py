@@ -342,12 +342,14 @@ def test_verify_goes_before_generation_queued_earlier() -> None:
 
 
 class Watched:
-    """The target, noting how many generation passes had run when each verify pass ran."""
+    """The target, noting how many generation-only passes had run when each pass holding verify
+    rounds ran."""
 
     def __init__(self, lm: CausalLM) -> None:
         self.lm, self.name, self.vocab_size, self.max_len = lm, lm.name, lm.vocab_size, lm.max_len
         self.node: CloudNode | None = None
         self.verify_after: list[int] = []
+        self.generation_passes = 0
         self.fail_generation = False
 
     def session(self) -> LMSession:
@@ -360,9 +362,11 @@ class Watched:
         engine = self.node.engine
         verifying = {id(s.lm_session) for s in engine.sessions.values()}
         if any(id(s) in verifying for s in sessions):
-            self.verify_after.append(engine.generation.passes)
+            self.verify_after.append(self.generation_passes)
         elif self.fail_generation:
             raise RuntimeError("simulated model fault")
+        else:
+            self.generation_passes += 1
         return self.lm.extend_batch(sessions, tokens)
 
 
@@ -386,10 +390,12 @@ def test_generation_is_bounded_fair_and_never_ahead_of_verify_rounds(target) -> 
                 for ch in (a, a, a, b, b, b)
             ]
             await until(lambda: node.engine.stats.rejected == 2, "two refusals")
-            assert node.engine.generation.active == 4
+            assert node.engine.generations.active == 4
+            await until(lambda: node.engine.thread.waiting == 1, "the model loop waits")
+            assert not node.engine.thread.urgent_waiting()  # for generation only, so far
             await s.send(verify_msg("v", 1, [5, 6]))
-            # the round's pass and a generation pass both wait for the thread
-            await until(lambda: node.engine.thread.waiting == 2, "the round waits")
+            # the round raises the loop's waiting turn to verify priority
+            await until(node.engine.thread.urgent_waiting, "the round waits")
             await block.done()
             verdict = (await s.call.read()).verdict
             outcomes = await asyncio.gather(*gens, return_exceptions=True)
@@ -400,7 +406,7 @@ def test_generation_is_bounded_fair_and_never_ahead_of_verify_rounds(target) -> 
         assert "its share" in details[0] and "generation queue full" in details[1]
         done = [o for o in outcomes if isinstance(o, pb.GenerateReply)]
         assert len(done) == 4 and all(len(r.tokens) == 60 for r in done)
-        assert watched.verify_after == [0]  # no generation pass went before the round
+        assert watched.verify_after == [0]  # no generation-only pass went before the round
         assert node.engine.stats.rejected == 2  # each refusal counted once
 
     run(with_cloud(watched, config, body))  # type: ignore[arg-type]
@@ -415,16 +421,13 @@ def test_a_full_verify_queue_is_refused_and_counted_once(target) -> None:
             block = Blocker(node.engine.thread)
             await block.held()
             await streams["x"].send(verify_msg("x", 1, [5]))
-            x = node.engine.sessions["x"]
-            await until(lambda: x.busy and node.engine.queue_depth == 0, "x taken by the batcher")
-            await streams["y"].send(verify_msg("y", 1, [5]))
-            await until(lambda: node.engine.queue_depth == 1, "y waits")
+            await until(lambda: node.engine.queue_depth == 1, "x waits for an iteration")
             err = await refused(streams["z"].ask(verify_msg("z", 1, [5])))
             assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "verify queue full" in (err.details() or "")
             await block.done()
-            for sid in ("x", "y"):
-                assert (await streams[sid].call.read()).verdict.round_id == 1
+            assert (await streams["x"].call.read()).verdict.round_id == 1
+            assert (await streams["y"].ask(verify_msg("y", 1, [5]))).verdict.round_id == 1
             assert node.engine.stats.rejected == 1
             assert node.engine.metrics()["rejected_requests"] == 1
 
@@ -456,7 +459,6 @@ class Paused(Watched):
 
     def __init__(self, lm: CausalLM) -> None:
         super().__init__(lm)
-        self.generation_passes = 0
         self.in_third = threading.Event()
         self.go_on = threading.Event()
 
@@ -476,8 +478,8 @@ class Paused(Watched):
 
 
 def test_a_verify_round_waits_for_one_generation_pass_not_a_whole_call(target) -> None:
-    """Generation runs many passes per model-thread call, but hands the thread over between
-    passes as soon as a verify round waits."""
+    """Generation runs many iterations per model-thread call, but a verify round that arrives
+    meanwhile joins the next iteration."""
     paused = Paused(target)
 
     async def body(node: CloudNode) -> None:
@@ -489,7 +491,7 @@ def test_a_verify_round_waits_for_one_generation_pass_not_a_whole_call(target) -
             gen = asyncio.ensure_future(pb_grpc.CloudStub(ch).Generate(req, timeout=60))
             await until(paused.in_third.is_set, "generation in its third pass")
             await s.send(verify_msg("v", 1, [5, 6]))
-            await until(node.engine.thread.urgent_waiting, "the round waits for the thread")
+            await until(lambda: node.engine.queue_depth == 1, "the round waits for an iteration")
             paused.go_on.set()
             assert (await s.call.read()).verdict.round_id == 1
             assert len((await gen).tokens) == 60
