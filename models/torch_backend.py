@@ -47,9 +47,16 @@ class TorchLM:
         if not sessions:
             return []
         check_feed(self, sessions, tokens)
-        if len(sessions) == 1:
-            return [self._extend_one(sessions[0], tokens[0])]
-        return self._extend_many(sessions, tokens)
+        out: list[np.ndarray] = [np.empty(0)] * len(sessions)
+        for group in feed_groups([len(t) for t in tokens]):
+            if len(group) == 1:
+                i = group[0]
+                out[i] = self._extend_one(sessions[i], tokens[i])
+            else:
+                rows = self._extend_many([sessions[i] for i in group], [tokens[i] for i in group])
+                for i, lg in zip(group, rows, strict=True):
+                    out[i] = lg
+        return out
 
     def _extend_one(self, s: TorchSession, tokens: Sequence[int]) -> np.ndarray:
         n, past = len(tokens), s.length
@@ -91,6 +98,26 @@ class TorchLM:
             s._length = past + n
             out.append(logits[i, :n].numpy())
         return out
+
+
+# What one forward pass costs on its own, in padded (row, token) cells of the batch: measured on
+# the bundled target here, 8 rows padded to a 16-token feed took 3.06 ms in one pass, and 1.77 ms
+# as two passes (7 rows of 5 tokens, 1 of 16), which puts a pass's fixed cost near 16 cells.
+PASS_COST_CELLS = 16
+
+
+def feed_groups(feeds: Sequence[int]) -> list[list[int]]:
+    """Row indices in one or two groups, each one forward pass: rows are padded to their group's
+    longest feed, so one long feed (a session's first round, a prompt) would make every short
+    row pay for its length. Two passes are chosen when they cost fewer padded cells."""
+    order = sorted(range(len(feeds)), key=feeds.__getitem__)
+    n = len(order)
+    best_cost, best_cut = PASS_COST_CELLS + n * feeds[order[-1]] if n else 0, n
+    for cut in range(1, n):
+        cost = 2 * PASS_COST_CELLS + cut * feeds[order[cut - 1]] + (n - cut) * feeds[order[-1]]
+        if cost < best_cost:
+            best_cost, best_cut = cost, cut
+    return [g for g in (order[:best_cut], order[best_cut:]) if g]
 
 
 def save_checkpoint(module: TinyLM, directory: Path) -> None:
