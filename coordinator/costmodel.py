@@ -17,6 +17,8 @@ from models.metrics import (
     PRIOR_VERIFY_BASE_MS,
     PRIOR_VERIFY_PER_TOKEN_MS,
     expected_tokens_per_round,
+    pipeline_hit_probability,
+    pipelined_round_ms,
     round_ms,
     verify_ms,
 )
@@ -76,6 +78,7 @@ class Request:
     cost_weight: float = 1.0  # mix: latency seconds one cloud CPU-second is worth
     exclude: Sequence[str] = ()  # cloud ids not to use
     k_choices: Sequence[int] = DEFAULT_K_CHOICES  # draft lengths to consider
+    pipelined: bool = False  # the edge drafts the next round while one is in flight
 
     def __post_init__(self) -> None:
         if not isinstance(self.objective, Objective):
@@ -101,16 +104,26 @@ class Prediction:
     cost: float = 0.0
 
 
-def predict(edge: EdgeView, cloud: CloudView | None, mode: Mode, k: int, n: int) -> Prediction:
-    """Latency and cloud CPU of ``n`` tokens in ``mode`` (k drafts a round for speculation).
+def predict(
+    edge: EdgeView,
+    cloud: CloudView | None,
+    mode: Mode,
+    k: int,
+    n: int,
+    pipelined: bool = False,
+) -> Prediction:
+    """Latency and cloud CPU of ``n`` tokens in ``mode`` (k drafts a round for speculation;
+    ``pipelined``: the next round drafted while one is in flight).
 
     Figures are read as at least zero, so a bad measurement can never predict negative time.
     """
-    p = _predict(edge, cloud, mode, k, n)
+    p = _predict(edge, cloud, mode, k, n, pipelined)
     return Prediction(p.mode, p.k, p.cloud_id, max(p.latency_s, 0.0), max(p.cloud_cpu_s, 0.0))
 
 
-def _predict(edge: EdgeView, cloud: CloudView | None, mode: Mode, k: int, n: int) -> Prediction:
+def _predict(
+    edge: EdgeView, cloud: CloudView | None, mode: Mode, k: int, n: int, pipelined: bool
+) -> Prediction:
     if mode is Mode.EDGE_ONLY:
         return Prediction(mode, 0, "", n * edge.draft_ms_per_token / 1e3, 0.0)
     assert cloud is not None, f"{mode} needs a cloud"
@@ -122,7 +135,11 @@ def _predict(edge: EdgeView, cloud: CloudView | None, mode: Mode, k: int, n: int
     a = edge.acceptance.get(cloud.model, edge.default_acceptance)
     rounds = n / expected_tokens_per_round(a, k)
     verify = verify_ms(cloud.verify_base_ms, cloud.verify_per_token_ms, k)
-    per_round = round_ms(rtt, k, edge.draft_ms_per_token, verify, wait)
+    if pipelined:  # the bonus token is guessed right about as often as a draft is kept
+        hit = pipeline_hit_probability(a, k, a)
+        per_round = pipelined_round_ms(rtt, k, edge.draft_ms_per_token, verify, hit, wait)
+    else:
+        per_round = round_ms(rtt, k, edge.draft_ms_per_token, verify, wait)
     # one extra round trip opens the session
     return Prediction(
         mode, k, cloud.node_id, (rtt + rounds * per_round) / 1e3, rounds * verify / 1e3
@@ -152,7 +169,8 @@ def candidates(edge: EdgeView, clouds: Sequence[CloudView], r: Request) -> list[
             continue
         out.append(predict(edge, c, Mode.CLOUD_ONLY, 0, r.new_tokens))
         if edge.shares_tokenizer(c):
-            out += [predict(edge, c, Mode.SPECULATION, k, r.new_tokens) for k in r.k_choices]
+            n, pipe = r.new_tokens, r.pipelined
+            out += [predict(edge, c, Mode.SPECULATION, k, n, pipe) for k in r.k_choices]
     scored = [
         Prediction(p.mode, p.k, p.cloud_id, p.latency_s, p.cloud_cpu_s, objective_cost(p, r))
         for p in out

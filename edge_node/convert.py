@@ -90,6 +90,7 @@ def solve_from_wire(
         else QualityFloor.from_wire(r.quality_floor),
         cost_weight=cost_weight,
         request_id=_request_id(r.request_id, limits.max_request_id_chars),
+        pipelined=r.pipelined,
     )
 
 
@@ -115,6 +116,9 @@ def solve_reply_to_wire(rid: str, result: SpecResult, tok: Tokenizer) -> pb.Solv
             bytes_sent=a.bytes_sent,
             bytes_received=a.bytes_received,
             ttft_s=a.ttft_s,
+            ahead_rounds=a.ahead_rounds,
+            pipelined_rounds=a.pipelined_rounds,
+            wasted_draft_tokens=a.wasted_draft_tokens,
         ),
     )
 

@@ -31,6 +31,7 @@ class SolveTask:
     floor: QualityFloor | None = None  # None: unstated, so losing every cloud degrades
     cost_weight: float = 0.0  # MIX objective: see PlanAsk
     request_id: str = ""
+    pipelined: bool = False  # speculation drafts the next round while one is in flight
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,12 @@
 """Token speculation from the edge: draft k, have the cloud verify over a gRPC stream, repeat.
 
+Pipelined (``SpecSettings.pipelined``), the edge keeps drafting while a round is in flight, as
+SpecEdge's proactive drafting and PipeInfer's continuous speculation do: it guesses the round's
+bonus token g and drafts the next round after the round's drafts and g. If the verdict keeps every
+draft and adds g, that round leaves at once; otherwise it is dropped (stopped early, the drafter's
+cache rolled back) and the next round is drafted as usual. The output stays the target's: see
+``Drafter.draft_ahead`` and ``Speculator._session``.
+
 If the cloud goes away mid-request the edge asks for another cloud node and reopens the session
 over the tokens committed so far; with none left it finishes alone and says so.
 """
@@ -11,9 +18,9 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
@@ -21,7 +28,9 @@ import grpc
 import numpy as np
 
 from edge_node.adaptive import AdaptiveK, RoundMeasure
-from edge_node.drafter import MAX_SUPPORT, Drafter, DraftResult
+from edge_node.drafter import MAX_SUPPORT, Ahead, Drafter, DraftResult
+from edge_node.pipeline import Flight, cut
+from edge_node.spec_types import Account, CloudPicker, Hooks, Replan, SpecResult, SpecSettings
 from models.base import CausalLM, Tokenizer
 from models.fingerprint import fingerprint
 from models.generate import StopRule, catch_up, decode
@@ -48,80 +57,6 @@ FAILOVER_CODES = {
     grpc.StatusCode.NOT_FOUND,
     grpc.StatusCode.ABORTED,
 }
-
-
-@dataclass
-class Account:
-    """Where the work of one request ran and what it cost."""
-
-    generated_tokens: int = 0
-    drafted_tokens: int = 0
-    accepted_tokens: int = 0
-    verify_rounds: int = 0
-    full_rounds: int = 0  # rounds in which every draft was kept
-    wall_s: float = 0.0
-    cloud_model_cpu_s: float = 0.0
-    edge_model_s: float = 0.0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    ttft_s: float = 0.0
-    k_history: list[int] = field(default_factory=list)
-    plan_revisions: int = 0  # times the plan changed mode or cloud mid-request
-    started: float = field(default_factory=time.perf_counter, repr=False)
-
-
-@dataclass
-class SpecResult:
-    """Generated tokens and how they were made."""
-
-    tokens: list[int]
-    account: Account
-    degraded: bool = False
-    cloud_node: str = ""
-    note: str = ""
-    final_mode: Mode = SPECULATION  # the mode that produced the last tokens
-
-
-@dataclass(frozen=True)
-class SpecSettings:
-    """One speculation request's knobs."""
-
-    max_new: int  # tokens to generate at the most
-    eos_id: int | None  # stop after this token
-    k: int = 4  # starting draft length
-    k_policy: KPolicy | str = KPolicy.HEURISTIC  # fixed, heuristic or rtt
-    k_max: int = 16  # never draft more than this
-    round_timeout_s: float = 10.0  # deadline of each verify round
-    stop_ids: tuple[int, ...] = ()  # more tokens to stop after (a step delimiter, say)
-
-    @property
-    def stops(self) -> frozenset[int]:
-        """Every token that ends the request."""
-        return frozenset(self.stop_ids) | ({self.eos_id} if self.eos_id is not None else set())
-
-
-CloudPicker = Callable[[Sequence[str]], Awaitable[tuple[str, pb_grpc.CloudStub] | None]]
-
-
-@dataclass(frozen=True)
-class Replan:
-    """A revised plan for the rest of a request."""
-
-    mode: Mode  # speculation or cloud-only
-    cloud: tuple[str, pb_grpc.CloudStub]  # the cloud's id and a stub to it
-    k: int  # draft length the plan assumed
-
-
-@dataclass
-class Hooks:
-    """Optional callbacks a request runs with."""
-
-    on_tokens: Callable[[list[int]], None] | None = None  # newly committed tokens, in order
-    observe_rtt: Callable[[str, float], None] | None = None  # (cloud id, network ms) per round
-    # asked every ``replan_every`` rounds and after an RTT jump: (tokens left, current cloud id)
-    replan: Callable[[int, str], Awaitable[Replan | None]] | None = None
-    replan_every: int = 8  # rounds between plan revisions
-    rtt_jump: float = 2.0  # a round this many times slower than usual asks for a plan at once
 
 
 def proposal_to_wire(sid: str, rid: int, base: int, p: Proposal) -> pb.SpecRequest:
@@ -263,7 +198,7 @@ class Speculator:
             params,
             settings,
             Drafter(self.lm, params),
-            AdaptiveK(settings.k_policy, settings.k, settings.k_max),
+            AdaptiveK(settings.k_policy, settings.k, settings.k_max, pipelined=settings.pipelined),
             Account(),
             hooks or Hooks(),
         )
@@ -306,7 +241,20 @@ class Speculator:
         return r.stopped or r.left() <= 0 or len(r.committed) >= self.lm.max_len - 1
 
     async def _session(self, r: _Req, cloud: str, stub: pb_grpc.CloudStub) -> None:
-        s, acc, hooks = r.settings, r.acc, r.hooks
+        """Verify rounds over one stream to ``cloud`` until the request is done, the cloud is
+        lost, or a revised plan moves the request.
+
+        Pipelined, each round's send starts drafting the next round on the drafter thread while
+        this loop awaits the verdict. The output stays the target's: the verifier's test is
+        exact for any drafts drawn from the q rows sent with them, at the committed prefix, with
+        randomness of their own. A round drafted ahead is sent only when the committed prefix is
+        the one it was drafted after (every draft kept and the bonus token equal to the guess g),
+        so its drafts are draws from q at that very prefix. g is the drafter's argmax: it draws
+        nothing, and whether the round is used depends only on the cloud's own draw of the bonus
+        token, which is independent of the drafts drawn after g. Dropped rounds never reach the
+        verifier. Greedy, every committed token is the target's argmax either way.
+        """
+        s, acc = r.settings, r.acc
         sid = uuid.uuid4().hex
         call = stub.Speculate(timeout=s.round_timeout_s * (s.max_new + 2))
         p = r.params
@@ -315,6 +263,8 @@ class Speculator:
             session_id=sid, prompt=r.committed, sampling=sampling, tokenizer=self.tokenizer_id
         )
         net_ewma: float | None = None
+        flight: Flight | None = None  # the next round, being drafted while one is in flight
+        ready: DraftResult | None = None  # a round drafted ahead that its verdict confirmed
         try:
             opened = await self._exchange(call, pb.SpecRequest(open=open_msg), s, acc)
             if opened.opened.position != len(r.committed) or opened.opened.session_id != sid:
@@ -326,39 +276,32 @@ class Speculator:
                 if self._done(r):
                     break
                 base = len(r.committed)
-                room = min(self.lm.max_len - 1 - base, r.left())
-                want = max(1, min(r.ctl.k, k_cap, room))
-                propose = partial(r.drafter.propose, list(r.committed), want, s.stops)
-                draft: DraftResult = await self.compute(propose)
-                acc.edge_model_s += draft.ms / 1e3
+                draft, ready = await self._next_draft(r, k_cap, ready), None
                 k = len(draft.proposal.tokens)  # fewer than asked when a stop ended the draft
                 t_send = time.perf_counter()
-                msg = proposal_to_wire(sid, rid, base, draft.proposal)
-                reply = await self._exchange(call, msg, s, acc)
-                if not reply.HasField("verdict"):
-                    raise _CloudLost(f"expected a verdict, got {reply.WhichOneof('kind')}")
-                v = reply.verdict
-                fault = verdict_fault(v, sid, rid, base, k, self.lm.vocab_size)
-                if fault is not None:
-                    raise _CloudLost(f"bad verdict: {fault}")
+                await self._send(call, proposal_to_wire(sid, rid, base, draft.proposal), s, acc)
+                if s.pipelined:
+                    flight = self._draft_ahead(r, draft, k_cap)
+                v = await self._verdict(call, s, acc, (sid, rid, base, k))
                 round_ms = (time.perf_counter() - t_send) * 1e3
+                if flight is not None:
+                    flight.verdict(v.accepted, v.next_token)
                 r.commit([*draft.proposal.tokens[: v.accepted].tolist(), v.next_token])
-                r.drafter.rollback(base, k, v.accepted)
-                acc.ttft_s = acc.ttft_s or time.perf_counter() - acc.started
-                acc.verify_rounds += 1
-                acc.drafted_tokens += k
-                acc.accepted_tokens += v.accepted
-                acc.full_rounds += int(v.accepted == k)
-                acc.cloud_model_cpu_s += v.model_cpu_s
-                acc.k_history.append(k)
-                r.ctl.update(RoundMeasure(k, v.accepted, round_ms, draft.ms, v.model_ms))
-                net = max(round_ms - v.model_ms, 0.0)
-                if hooks.observe_rtt is not None:
-                    hooks.observe_rtt(cloud, net)
-                jump = net_ewma is not None and net > hooks.rtt_jump * net_ewma + 1.0
-                net_ewma = net if net_ewma is None else 0.7 * net_ewma + 0.3 * net
-                if hooks.replan is not None and (jump or rid % hooks.replan_every == 0):
-                    await self._maybe_switch(r, cloud)
+                guess = -1
+                if flight is None:
+                    r.drafter.rollback(base, k, v.accepted)
+                else:
+                    landing = await flight.land(r.drafter, v.accepted, v.next_token)
+                    flight, ready, guess = None, landing.ready, landing.ahead.guess
+                    self._count_ahead(acc, landing.ahead, landing.wasted)
+                self._count_round(acc, k, v)
+                guessed = v.accepted == k and guess >= 0  # the verdict tested the guess
+                right = guessed and v.next_token == guess
+                m = RoundMeasure(k, v.accepted, round_ms, draft.ms, v.model_ms, guessed, right)
+                r.ctl.update(m)
+                net_ewma = await self._observe(
+                    r, cloud, rid, max(round_ms - v.model_ms, 0), net_ewma
+                )
             await call.write(pb.SpecRequest(close=pb.CloseSession(session_id=sid)))
             await call.done_writing()
         except grpc.aio.AioRpcError as exc:
@@ -371,6 +314,77 @@ class Speculator:
             raise _CloudLost(type(exc).__name__) from exc
         finally:
             call.cancel()
+            await self._drop_ahead(r, flight, ready)
+
+    async def _next_draft(self, r: _Req, k_cap: int, ready: DraftResult | None) -> DraftResult:
+        """The next round: the one drafted ahead when its verdict confirmed it (cut to the k
+        now in force), else fresh drafts after what is committed."""
+        room = min(self.lm.max_len - 1 - len(r.committed), r.left())
+        want = max(1, min(r.ctl.k, k_cap, room))
+        if ready is not None:
+            r.acc.pipelined_rounds += 1
+            draft, dropped = cut(ready, want)
+            r.acc.wasted_draft_tokens += dropped
+            return draft
+        propose = partial(r.drafter.propose, list(r.committed), want, r.settings.stops)
+        draft = await self.compute(propose)
+        r.acc.edge_model_s += draft.ms / 1e3
+        return draft
+
+    def _draft_ahead(self, r: _Req, draft: DraftResult, k_cap: int) -> Flight | None:
+        """Start drafting the round after ``draft`` (in flight), or None when no round would
+        follow a verdict that keeps every draft."""
+        k = len(draft.proposal.tokens)
+        after = len(r.committed) + k + 1  # committed length if every draft and g are kept
+        room = min(self.lm.max_len - 1 - after, r.left() - (k + 1))
+        if room < 1:
+            return None
+        want = max(1, min(r.ctl.k_if_full(), k_cap, room))
+        tokens = draft.proposal.tokens.tolist()
+        return Flight.start(self.compute, r.drafter, r.committed, tokens, want, r.settings.stops)
+
+    @staticmethod
+    async def _drop_ahead(r: _Req, flight: Flight | None, ready: DraftResult | None) -> None:
+        """Leave the drafter's cache a prefix of what is committed when a session ends with
+        work drafted ahead that no round will send."""
+        if flight is not None:
+            ahead = await flight.abandon(r.drafter)
+            if ahead is not None:
+                Speculator._count_ahead(r.acc, ahead, ahead.drafted)
+        if ready is not None:
+            r.acc.wasted_draft_tokens += len(ready.proposal.tokens)
+            d = r.drafter.session
+            d.truncate(min(d.length, len(r.committed)))
+
+    @staticmethod
+    def _count_ahead(acc: Account, ahead: Ahead, wasted: int) -> None:
+        acc.edge_model_s += ahead.ms / 1e3
+        acc.ahead_rounds += int(ahead.guess >= 0)
+        acc.wasted_draft_tokens += wasted
+
+    @staticmethod
+    def _count_round(acc: Account, k: int, v: pb.VerifyReply) -> None:
+        acc.ttft_s = acc.ttft_s or time.perf_counter() - acc.started
+        acc.verify_rounds += 1
+        acc.drafted_tokens += k
+        acc.accepted_tokens += v.accepted
+        acc.full_rounds += int(v.accepted == k)
+        acc.cloud_model_cpu_s += v.model_cpu_s
+        acc.k_history.append(k)
+
+    async def _observe(
+        self, r: _Req, cloud: str, rid: int, net: float, net_ewma: float | None
+    ) -> float:
+        """Report a round's network time; ask for a revised plan every few rounds and after
+        an RTT jump. Returns the smoothed network time."""
+        hooks = r.hooks
+        if hooks.observe_rtt is not None:
+            hooks.observe_rtt(cloud, net)
+        jump = net_ewma is not None and net > hooks.rtt_jump * net_ewma + 1.0
+        net_ewma = net if net_ewma is None else 0.7 * net_ewma + 0.3 * net
+        if hooks.replan is not None and (jump or rid % hooks.replan_every == 0):
+            await self._maybe_switch(r, cloud)
+        return net_ewma
 
     async def _maybe_switch(self, r: _Req, cloud: str) -> None:
         assert r.hooks.replan is not None
@@ -417,16 +431,44 @@ class Speculator:
         r.stopped = True  # the cloud wrote the whole rest; its length in our tokens differs
 
     @staticmethod
-    async def _exchange(
+    async def _send(
         call: grpc.aio.StreamStreamCall, msg: pb.SpecRequest, s: SpecSettings, acc: Account
-    ) -> pb.SpecReply:
+    ) -> None:
         acc.bytes_sent += msg.ByteSize()
         await asyncio.wait_for(call.write(msg), s.round_timeout_s)
+
+    @staticmethod
+    async def _receive(
+        call: grpc.aio.StreamStreamCall, s: SpecSettings, acc: Account
+    ) -> pb.SpecReply:
         reply = await asyncio.wait_for(call.read(), s.round_timeout_s)
         if reply is grpc.aio.EOF:
             raise _CloudLost("stream closed by the cloud")
         acc.bytes_received += reply.ByteSize()
         return reply
+
+    async def _exchange(
+        self, call: grpc.aio.StreamStreamCall, msg: pb.SpecRequest, s: SpecSettings, acc: Account
+    ) -> pb.SpecReply:
+        await self._send(call, msg, s, acc)
+        return await self._receive(call, s, acc)
+
+    async def _verdict(
+        self,
+        call: grpc.aio.StreamStreamCall,
+        s: SpecSettings,
+        acc: Account,
+        expect: tuple[str, int, int, int],
+    ) -> pb.VerifyReply:
+        """The verdict of the round ``expect`` = (session id, round id, base, drafts), checked;
+        a wrong one loses the cloud."""
+        reply = await self._receive(call, s, acc)
+        if not reply.HasField("verdict"):
+            raise _CloudLost(f"expected a verdict, got {reply.WhichOneof('kind')}")
+        fault = verdict_fault(reply.verdict, *expect, self.lm.vocab_size)
+        if fault is not None:
+            raise _CloudLost(f"bad verdict: {fault}")
+        return reply.verdict
 
     async def _finish_alone(self, r: _Req) -> None:
         def work() -> list[int]:

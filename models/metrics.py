@@ -7,6 +7,7 @@ simulations all import the same formulas.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 # Per-token acceptance assumed for a (drafter, target) pair before any of its rounds was verified.
@@ -62,6 +63,28 @@ def per_token_acceptance(accepted: int, rounds: int, full_rounds: int) -> float 
     return accepted / reached if reached > 0 else None
 
 
+def position_survival(rounds: Iterable[tuple[int, int]], k: int) -> list[float | None]:
+    """Per-position survival (vLLM's per-position acceptance) at positions i = 1..k.
+
+    ``rounds`` holds (draft positions, accepted) per verify round. Survival at i is the share
+    of the rounds that drafted at least i tokens whose i-th draft was accepted; None where no
+    round drafted that far. When every round drafted k, the denominator is the round count.
+    """
+    reached, kept = [0] * k, [0] * k
+    for positions, accepted in rounds:
+        for i in range(min(positions, k)):
+            reached[i] += 1
+            kept[i] += int(accepted > i)
+    return [kept[i] / reached[i] if reached[i] else None for i in range(k)]
+
+
+def theory_survival(acceptance: float, k: int) -> list[float]:
+    """Survival at positions 1..k when each draft survives independently with ``acceptance``:
+    a^i (the model behind ``expected_tokens_per_round``, whose sum over i is 1 + a + ... )."""
+    a = clamp_acceptance(acceptance)
+    return [a**i for i in range(1, k + 1)]
+
+
 def acceptance_rate(accepted: int, drafted: int) -> float:
     """Accepted draft tokens / drafted tokens (drafts stop at a stop token, so positions before
     a stop only); 0 before any draft."""
@@ -83,6 +106,38 @@ def round_ms(
 ) -> float:
     """Wall time of one speculation round: draft k, send, wait for the model, verify, answer."""
     return rtt_ms + k * draft_ms_per_token + wait_ms + verify
+
+
+def pipeline_hit_probability(acceptance: float, k: int, guess_right: float) -> float:
+    """P(a round drafted ahead is used) = a^k x P(guess right).
+
+    The next round is drafted while round i is in flight, after round i's k drafts and the
+    drafter's guess of the verifier's bonus token; it is used only if every draft is kept and the
+    bonus equals the guess.
+    """
+    return clamp_acceptance(acceptance) ** k * clamp_acceptance(guess_right)
+
+
+def pipelined_round_ms(
+    rtt_ms: float,
+    k: int,
+    draft_ms_per_token: float,
+    verify: float,
+    hit: float,
+    wait_ms: float = 0.0,
+) -> float:
+    """Expected wall time between the sends of two rounds when the edge drafts ahead.
+
+    While round i (k drafts) is in flight (RTT + wait + verify), the drafter feeds its last
+    draft to guess the bonus token and drafts the next k after it: (k + 1) draft steps. With
+    probability ``hit`` (``pipeline_hit_probability``) that round leaves as soon as both the
+    verdict and the drafts are there; otherwise the drafts are dropped and the next round is
+    drafted after the verdict, as without pipelining. At ``hit`` = 0 this is ``round_ms``.
+    """
+    hit = clamp_acceptance(hit)
+    in_flight = rtt_ms + wait_ms + verify
+    ahead = (k + 1) * draft_ms_per_token
+    return hit * max(in_flight, ahead) + (1.0 - hit) * (in_flight + k * draft_ms_per_token)
 
 
 @dataclass

@@ -172,7 +172,7 @@ class ListNodesReply(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
 
 class PlanRequest(_message.Message):
-    __slots__ = ("edge_id", "objective", "quality_floor", "cost_weight", "prompt_tokens", "max_new_tokens", "exclude", "model", "tokenizer")
+    __slots__ = ("edge_id", "objective", "quality_floor", "cost_weight", "prompt_tokens", "max_new_tokens", "exclude", "model", "tokenizer", "pipelined")
     EDGE_ID_FIELD_NUMBER: _ClassVar[int]
     OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FLOOR_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +182,7 @@ class PlanRequest(_message.Message):
     EXCLUDE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_FIELD_NUMBER: _ClassVar[int]
+    PIPELINED_FIELD_NUMBER: _ClassVar[int]
     edge_id: str
     objective: Objective
     quality_floor: QualityFloor
@@ -191,7 +192,8 @@ class PlanRequest(_message.Message):
     exclude: _containers.RepeatedScalarFieldContainer[str]
     model: str
     tokenizer: str
-    def __init__(self, edge_id: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., quality_floor: _Optional[_Union[QualityFloor, str]] = ..., cost_weight: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., exclude: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., tokenizer: _Optional[str] = ...) -> None: ...
+    pipelined: bool
+    def __init__(self, edge_id: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., quality_floor: _Optional[_Union[QualityFloor, str]] = ..., cost_weight: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., exclude: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., tokenizer: _Optional[str] = ..., pipelined: _Optional[bool] = ...) -> None: ...
 
 class Candidate(_message.Message):
     __slots__ = ("mode", "draft_length", "cloud_id", "latency_s", "cloud_cpu_s", "cost")
@@ -497,7 +499,7 @@ class StepReply(_message.Message):
     def __init__(self, step: _Optional[_Union[StepDraftMsg, _Mapping]] = ..., model_ms: _Optional[float] = ..., draft_accepted: _Optional[int] = ...) -> None: ...
 
 class SolveRequest(_message.Message):
-    __slots__ = ("request_id", "prompt", "sampling", "mode", "max_new_tokens", "draft_length", "k_policy", "objective", "quality_floor", "cost_weight")
+    __slots__ = ("request_id", "prompt", "sampling", "mode", "max_new_tokens", "draft_length", "k_policy", "objective", "quality_floor", "cost_weight", "pipelined")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
@@ -508,6 +510,7 @@ class SolveRequest(_message.Message):
     OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FLOOR_FIELD_NUMBER: _ClassVar[int]
     COST_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    PIPELINED_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt: str
     sampling: Sampling
@@ -518,10 +521,11 @@ class SolveRequest(_message.Message):
     objective: Objective
     quality_floor: QualityFloor
     cost_weight: float
-    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., mode: _Optional[_Union[Mode, str]] = ..., max_new_tokens: _Optional[int] = ..., draft_length: _Optional[int] = ..., k_policy: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., quality_floor: _Optional[_Union[QualityFloor, str]] = ..., cost_weight: _Optional[float] = ...) -> None: ...
+    pipelined: bool
+    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., mode: _Optional[_Union[Mode, str]] = ..., max_new_tokens: _Optional[int] = ..., draft_length: _Optional[int] = ..., k_policy: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., quality_floor: _Optional[_Union[QualityFloor, str]] = ..., cost_weight: _Optional[float] = ..., pipelined: _Optional[bool] = ...) -> None: ...
 
 class Account(_message.Message):
-    __slots__ = ("generated_tokens", "drafted_tokens", "accepted_tokens", "verify_rounds", "wall_s", "cloud_model_cpu_s", "edge_model_s", "bytes_sent", "bytes_received", "ttft_s")
+    __slots__ = ("generated_tokens", "drafted_tokens", "accepted_tokens", "verify_rounds", "wall_s", "cloud_model_cpu_s", "edge_model_s", "bytes_sent", "bytes_received", "ttft_s", "ahead_rounds", "pipelined_rounds", "wasted_draft_tokens")
     GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DRAFTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -532,6 +536,9 @@ class Account(_message.Message):
     BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
     BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     TTFT_S_FIELD_NUMBER: _ClassVar[int]
+    AHEAD_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    PIPELINED_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    WASTED_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     generated_tokens: int
     drafted_tokens: int
     accepted_tokens: int
@@ -542,7 +549,10 @@ class Account(_message.Message):
     bytes_sent: int
     bytes_received: int
     ttft_s: float
-    def __init__(self, generated_tokens: _Optional[int] = ..., drafted_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., verify_rounds: _Optional[int] = ..., wall_s: _Optional[float] = ..., cloud_model_cpu_s: _Optional[float] = ..., edge_model_s: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., ttft_s: _Optional[float] = ...) -> None: ...
+    ahead_rounds: int
+    pipelined_rounds: int
+    wasted_draft_tokens: int
+    def __init__(self, generated_tokens: _Optional[int] = ..., drafted_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., verify_rounds: _Optional[int] = ..., wall_s: _Optional[float] = ..., cloud_model_cpu_s: _Optional[float] = ..., edge_model_s: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., ttft_s: _Optional[float] = ..., ahead_rounds: _Optional[int] = ..., pipelined_rounds: _Optional[int] = ..., wasted_draft_tokens: _Optional[int] = ...) -> None: ...
 
 class SolveReply(_message.Message):
     __slots__ = ("request_id", "text", "tokens", "mode", "degraded", "cloud_node", "account", "note")
