@@ -205,6 +205,8 @@ def plan_query_from_wire(r: pb.PlanRequest) -> PlanQuery:
         quality_floor=_enum(QualityFloor.from_wire, r.quality_floor, "quality_floor"),
         cost_weight=_cost_weight(r.cost_weight, "cost_weight"),
         exclude=tuple(sorted(exclude_from_wire(r.exclude))),
+        pipelined=r.pipelined,
+        allow_pipelined=r.allow_pipelined,
     )
     return PlanQuery(
         edge_id=node_id_from_wire(r.edge_id, "edge_id", required=False),
@@ -223,6 +225,7 @@ def prediction_to_wire(p: Prediction) -> pb.Candidate:
         latency_s=p.latency_s,
         cloud_cpu_s=p.cloud_cpu_s,
         cost=p.cost,
+        pipelined=p.pipelined,
     )
 
 
@@ -237,6 +240,7 @@ def plan_to_wire(plan: Plan) -> pb.PlanReply:
         predicted_cloud_cpu_s=best.cloud_cpu_s,
         reason=plan.reason,
         candidates=[prediction_to_wire(p) for p in plan.candidates[:MAX_CANDIDATES]],
+        pipelined=best.pipelined,
     )
 
 
@@ -265,11 +269,13 @@ def job_from_wire(r: pb.JobRequest) -> Job:
         deadline_s=r.deadline_s,
         max_new_tokens=r.max_new_tokens,
         edge_id=node_id_from_wire(r.edge_id, "edge_id", required=False),
+        pipelined=r.pipelined,
     )
 
 
 def solve_request_to_wire(job: Job, job_id: str) -> pb.SolveRequest:
-    """The ``SolveRequest`` that runs ``job`` on an edge, which plans its mode itself."""
+    """The ``SolveRequest`` that runs ``job`` on an edge, which plans its mode itself (drafting
+    ahead when the job insists, else as its plan says)."""
     s = job.sampling
     return pb.SolveRequest(
         request_id=job_id,
@@ -280,4 +286,5 @@ def solve_request_to_wire(job: Job, job_id: str) -> pb.SolveRequest:
         objective=job.objective.to_wire(),
         quality_floor=job.quality_floor.to_wire(),
         cost_weight=job.cost_weight,
+        pipelined=job.pipelined,
     )

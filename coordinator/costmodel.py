@@ -3,14 +3,17 @@
 For each mode a request can run in, predict its latency and its cloud compute from what the nodes
 measured (RTT, draft ms per token, verify ms as a function of k, target ms per token, load,
 acceptance); score each by the request's objective; keep the modes its quality floor admits.
-Simulations import these functions; the coordinator calls them on its live snapshot.
+Token speculation is a candidate plain and, where the request allows it, pipelined (the edge
+drafts the next round while one is in flight). Figures a node has not measured yet come from its
+device profile when it names one (``coordinator.planner``), else from priors. Simulations import
+these functions; the coordinator calls them on its live snapshot.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from models.metrics import (
     PRIOR_ACCEPTANCE,
@@ -39,6 +42,19 @@ class CloudView:
     queue_depth: int = 0  # verify rounds waiting
     model: str = ""  # target model name
     tokenizer: str = ""  # tokenizer fingerprint; speculation needs the edge's to be the same
+    # Verify pass ms by draft length, from a device profile; where a k is listed it replaces the
+    # linear fit (a profile's pass is a roofline, not a line). Empty once the node measured its own.
+    verify_by_k: Mapping[int, float] = field(default_factory=dict)
+    # Sequences sharing each pass the cost figures describe: a round's (or a token's) share of the
+    # cloud's compute is its pass divided by this. 1: each figure is one sequence's own pass.
+    batch: int = 1
+
+    def verify_pass_ms(self, k: int) -> float:
+        """One verify pass over k drafts (k + 1 tokens fed): the profile's, else the fit's."""
+        listed = self.verify_by_k.get(k)
+        if listed is not None:
+            return listed
+        return verify_ms(self.verify_base_ms, self.verify_per_token_ms, k)
 
     def wait_ms(self) -> float:
         """Expected wait of one model call behind other work (M/M/1: rho / (1 - rho) passes).
@@ -47,7 +63,7 @@ class CloudView:
         pass in progress and the queue ahead of it, so every call pays this once.
         """
         rho = min(max(self.busy_fraction, 0.0), 0.9)
-        pass_ms = verify_ms(self.verify_base_ms, self.verify_per_token_ms, 3)  # a typical round
+        pass_ms = self.verify_pass_ms(3)  # a typical round
         return (rho / (1.0 - rho) + self.queue_depth) * pass_ms
 
 
@@ -78,7 +94,8 @@ class Request:
     cost_weight: float = 1.0  # mix: latency seconds one cloud CPU-second is worth
     exclude: Sequence[str] = ()  # cloud ids not to use
     k_choices: Sequence[int] = DEFAULT_K_CHOICES  # draft lengths to consider
-    pipelined: bool = False  # the edge drafts the next round while one is in flight
+    pipelined: bool = False  # speculation must draft the next round while one is in flight
+    allow_pipelined: bool = False  # the edge can draft ahead: pipelined speculation is a choice
 
     def __post_init__(self) -> None:
         if not isinstance(self.objective, Objective):
@@ -102,6 +119,7 @@ class Prediction:
     latency_s: float
     cloud_cpu_s: float
     cost: float = 0.0
+    pipelined: bool = False  # speculation with the next round drafted while one is in flight
 
 
 def predict(
@@ -118,7 +136,10 @@ def predict(
     Figures are read as at least zero, so a bad measurement can never predict negative time.
     """
     p = _predict(edge, cloud, mode, k, n, pipelined)
-    return Prediction(p.mode, p.k, p.cloud_id, max(p.latency_s, 0.0), max(p.cloud_cpu_s, 0.0))
+    piped = pipelined and mode is Mode.SPECULATION
+    return Prediction(
+        p.mode, p.k, p.cloud_id, max(p.latency_s, 0.0), max(p.cloud_cpu_s, 0.0), pipelined=piped
+    )
 
 
 def _predict(
@@ -129,12 +150,15 @@ def _predict(
     assert cloud is not None, f"{mode} needs a cloud"
     rtt = edge.rtt_ms.get(cloud.node_id, edge.default_rtt_ms)
     wait = cloud.wait_ms()
+    share = max(cloud.batch, 1)
     if mode is Mode.CLOUD_ONLY:
         compute = n * cloud.target_ms_per_token
-        return Prediction(mode, 0, cloud.node_id, (rtt + wait + compute) / 1e3, compute / 1e3)
+        return Prediction(
+            mode, 0, cloud.node_id, (rtt + wait + compute) / 1e3, compute / share / 1e3
+        )
     a = edge.acceptance.get(cloud.model, edge.default_acceptance)
     rounds = n / expected_tokens_per_round(a, k)
-    verify = verify_ms(cloud.verify_base_ms, cloud.verify_per_token_ms, k)
+    verify = cloud.verify_pass_ms(k)
     if pipelined:  # the bonus token is guessed right about as often as a draft is kept
         hit = pipeline_hit_probability(a, k, a)
         per_round = pipelined_round_ms(rtt, k, edge.draft_ms_per_token, verify, hit, wait)
@@ -142,7 +166,7 @@ def _predict(
         per_round = round_ms(rtt, k, edge.draft_ms_per_token, verify, wait)
     # one extra round trip opens the session
     return Prediction(
-        mode, k, cloud.node_id, (rtt + rounds * per_round) / 1e3, rounds * verify / 1e3
+        mode, k, cloud.node_id, (rtt + rounds * per_round) / 1e3, rounds * verify / share / 1e3
     )
 
 
@@ -159,7 +183,8 @@ def candidates(edge: EdgeView, clouds: Sequence[CloudView], r: Request) -> list[
     """Every admissible (mode, k, cloud), scored, best first.
 
     Token speculation is admissible only on clouds that share the edge's tokenizer; cloud-only
-    carries text, so any cloud may serve it.
+    carries text, so any cloud may serve it. Speculation is predicted plain, pipelined, or both
+    (``speculation_variants``).
     """
     out: list[Prediction] = []
     if r.quality_floor.allows(Mode.EDGE_ONLY):
@@ -169,13 +194,23 @@ def candidates(edge: EdgeView, clouds: Sequence[CloudView], r: Request) -> list[
             continue
         out.append(predict(edge, c, Mode.CLOUD_ONLY, 0, r.new_tokens))
         if edge.shares_tokenizer(c):
-            n, pipe = r.new_tokens, r.pipelined
-            out += [predict(edge, c, Mode.SPECULATION, k, n, pipe) for k in r.k_choices]
-    scored = [
-        Prediction(p.mode, p.k, p.cloud_id, p.latency_s, p.cloud_cpu_s, objective_cost(p, r))
-        for p in out
-    ]
-    return sorted(scored, key=lambda p: (p.cost, p.mode, p.k))
+            n = r.new_tokens
+            out += [
+                predict(edge, c, Mode.SPECULATION, k, n, pipe)
+                for pipe in speculation_variants(r)
+                for k in r.k_choices
+            ]
+    scored = [replace(p, cost=objective_cost(p, r)) for p in out]
+    # on a tie the plainer plan wins: drafting ahead spends edge work for nothing then
+    return sorted(scored, key=lambda p: (p.cost, p.mode, p.pipelined, p.k))
+
+
+def speculation_variants(r: Request) -> tuple[bool, ...]:
+    """Whether speculation is predicted pipelined: only when the request insists, both ways
+    when it allows it, plain otherwise."""
+    if r.pipelined:
+        return (True,)
+    return (False, True) if r.allow_pipelined else (False,)
 
 
 def plan(edge: EdgeView, clouds: Sequence[CloudView], r: Request) -> Prediction | None:

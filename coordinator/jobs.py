@@ -63,6 +63,7 @@ class Scheduler:
         cloud = next((s.info for s in clouds if s.info.node_id == best.cloud_id), None)
         reason = (
             f"{best.mode.value}"
+            + (" pipelined" if best.pipelined else "")
             + (f" k={best.k}" if best.mode is Mode.SPECULATION else "")
             + f" minimises {request.objective.value}: {best.latency_s * 1e3:.1f} ms predicted, "
             f"{best.cloud_cpu_s * 1e3:.1f} ms cloud CPU"

@@ -64,3 +64,4 @@ class Job:
     deadline_s: float  # 0: the coordinator's default
     max_new_tokens: int  # 0: the edge's default
     edge_id: str = ""  # run on this edge; "" means the least busy
+    pipelined: bool = False  # speculation must draft ahead; False: the edge's plan chooses

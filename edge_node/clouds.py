@@ -62,6 +62,8 @@ class PlanAsk:
     cost_weight: float = 0.0  # MIX: seconds of latency one cloud CPU-second is worth; 0: default
     prompt_tokens: int = 0  # tokens already in the sequence
     max_new: int = 0  # tokens still to generate
+    pipelined: bool = False  # the request insists on drafting ahead (speculation only so)
+    allow_pipelined: bool = True  # this edge can draft ahead: the plan may choose to
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class Plan:
     mode: Mode  # where the request runs
     k: int  # the draft length the plan assumed (0: not speculation)
     cloud: CloudRef | None  # the cloud to start on; None for edge-only
+    pipelined: bool = False  # speculation drafts the next round while one is in flight
 
 
 class CloudDirectory:
@@ -215,6 +218,8 @@ class CloudDirectory:
             cost_weight=ask.cost_weight,
             prompt_tokens=ask.prompt_tokens,
             max_new_tokens=ask.max_new,
+            pipelined=ask.pipelined,
+            allow_pipelined=ask.allow_pipelined,
         )
         reply = await self.plan(request, fresh)
         if reply is None:
@@ -228,18 +233,20 @@ class CloudDirectory:
             return None
         c = reply.cloud
         cloud = CloudRef(c.node_id, c.address, _model(c)) if c.address else None
-        return Plan(mode, reply.draft_length, cloud)
+        piped = ask.pipelined or (reply.pipelined and mode is Mode.SPECULATION)
+        return Plan(mode, reply.draft_length, cloud, piped)
 
     async def plan(self, request: pb.PlanRequest, fresh: bool = False) -> pb.PlanReply | None:
         """The coordinator's plan, or None when there is no coordinator or it cannot plan.
 
-        A plan for a like request (same objective, floor, weight, exclusions and a length in the
-        same power-of-two bucket) is served from memory: a round trip to the coordinator per
-        request costs as much as a few tokens on a fast link. Past ``plan_ttl_s`` it is still
-        served (up to ``plan_max_stale_s``) while a fresh one is fetched in the background, so
-        no request waits for the coordinator once like requests have been planned. ``fresh``
-        asks the coordinator now (a plan revision mid-request). At most ``plan_cache_size``
-        plans are kept: a client varying ``cost_weight`` must not grow the edge's memory.
+        A plan for a like request (same objective, floor, weight, exclusions, drafting-ahead
+        choices and a length in the same power-of-two bucket) is served from memory: a round
+        trip to the coordinator per request costs as much as a few tokens on a fast link. Past
+        ``plan_ttl_s`` it is still served (up to ``plan_max_stale_s``) while a fresh one is
+        fetched in the background, so no request waits for the coordinator once like requests
+        have been planned. ``fresh`` asks the coordinator now (a plan revision mid-request). At
+        most ``plan_cache_size`` plans are kept: a client varying ``cost_weight`` must not grow
+        the edge's memory.
         """
         if self._coord is None:
             return None
@@ -249,6 +256,8 @@ class CloudDirectory:
             request.cost_weight,
             request.model,
             tuple(request.exclude),
+            request.pipelined,
+            request.allow_pipelined,
             max(request.max_new_tokens, 1).bit_length(),
         )
         hit = self._plans.get(key)

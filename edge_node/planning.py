@@ -1,7 +1,9 @@
 """Where a Solve request runs: its own mode, the coordinator's plan, or this node's default.
 
-A plan names the mode, the draft length and the first cloud; a speculating request asks again
-every few rounds (``replan``), so it can move to a better cloud or mode mid-request.
+A plan names the mode, the draft length, the first cloud and whether speculation drafts ahead
+(pipelined); a speculating request asks again every few rounds (``replan``), so it can move to a
+better cloud or mode mid-request. A request that insists on drafting ahead is planned so; any
+other lets the plan choose, since this edge can always draft ahead.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Decision:
     k: int  # the plan's draft length; 0: none chosen
     first: Cloud | None  # the cloud to start on; None: whichever the directory picks
     planned: bool  # the coordinator planned it (then plan revisions are asked for)
+    pipelined: bool = False  # speculation drafts the next round while one is in flight
 
 
 class Planner:
@@ -59,18 +62,20 @@ class Planner:
             cost_weight=task.cost_weight,
             prompt_tokens=len(task.prompt),
             max_new=task.max_new if max_new is None else max_new,
+            pipelined=task.pipelined,
         )
 
     async def decide(self, task: SolveTask) -> Decision:
         """The request's own mode, else the coordinator's plan, else this node's default."""
+        piped = task.pipelined
         if task.mode is not None:
-            return Decision(task.mode, 0, None, False)
+            return Decision(task.mode, 0, None, False, piped)
         if not self.clouds.has_coordinator:
-            return Decision(self.default_mode, 0, None, False)
+            return Decision(self.default_mode, 0, None, False, piped)
         plan = await self.clouds.plan_for(self.ask(task))
         if plan is None:  # no coordinator answer: this node's default on a known cloud
-            return Decision(self.default_mode, 0, None, False)
-        return Decision(plan.mode, plan.k, self._cloud(plan), True)
+            return Decision(self.default_mode, 0, None, False, piped)
+        return Decision(plan.mode, plan.k, self._cloud(plan), True, piped or plan.pipelined)
 
     async def replan(self, task: SolveTask, left: int) -> Replan | None:
         """A fresh plan for the ``left`` tokens of ``task``; None to go on as before."""

@@ -78,7 +78,7 @@ class Solver:
             k=decision.k or task.k or self.defaults.k,
             k_policy=policy,
             k_max=self.defaults.k_max,
-            pipelined=task.pipelined,
+            pipelined=decision.pipelined,  # the request's own, or its plan's choice
         )
         hooks = Hooks(on_tokens=on_tokens, observe_rtt=self.clouds.observe_rtt)
         if decision.planned:

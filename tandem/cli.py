@@ -86,7 +86,11 @@ def _serve(args: argparse.Namespace) -> int:
             coordinator=args.coordinator,
             torch_threads=args.threads,
             device=args.device,
-            engine=EngineConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms),
+            engine=EngineConfig(
+                max_batch=args.max_batch,
+                max_wait_ms=args.max_wait_ms,
+                generate_batch=args.generate_batch,
+            ),
         )
         asyncio.run(run_cloud(cfg, ready))
         return 0
@@ -139,9 +143,19 @@ def _demo(args: argparse.Namespace) -> int:
         k_policy=args.k_policy,
         temperature=args.temperature,
         out_dir=Path(args.out),
+        devices=_devices(args.devices) if args.devices else None,
+        link=args.link,
+        pipelined=args.pipelined,
     )
     run_demo(cfg)
     return 0
+
+
+def _devices(text: str) -> tuple[str, str]:
+    edge, sep, cloud = text.partition(",")
+    if not sep or not edge or not cloud or "," in cloud:
+        raise ValueError(f"--devices takes EDGE,CLOUD profile names, got {text!r}")
+    return edge, cloud
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -158,6 +172,11 @@ def _bench(args: argparse.Namespace) -> int:
         from tandem.bench_schedule import ScheduleBenchConfig, run_schedule_bench
 
         report = run_schedule_bench(ScheduleBenchConfig(quick=args.quick, out_dir=Path(args.out)))
+    elif args.bench == "edge-cloud":
+        from tandem.bench_edge_cloud import run_edge_cloud_bench
+        from tandem.edge_cloud_grid import EdgeCloudConfig
+
+        report = run_edge_cloud_bench(EdgeCloudConfig(quick=args.quick, out_dir=Path(args.out)))
     else:
         from tandem.bench_reason import ReasonBenchConfig, run_reason_bench
 
@@ -205,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1, help="torch threads (cloud)")
     s.add_argument("--max-batch", type=int, default=16, help="verify rounds per pass (cloud)")
     s.add_argument("--max-wait-ms", type=float, default=0.0, help="batch fill wait (cloud)")
+    s.add_argument(
+        "--generate-batch", type=int, default=16, help="generations per pass at most (cloud)"
+    )
     s.add_argument("--ready-file", default="", help="write {address, pid} here once listening")
     s.add_argument("--log-level", default="info")
     s.add_argument(
@@ -227,6 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--k-policy", default="heuristic", choices=[p.value for p in KPolicy])
     d.add_argument("--temperature", type=float, default=0.0)
     d.add_argument("--out", default="runs/demo")
+    d.add_argument(
+        "--devices",
+        default="",
+        help="EDGE,CLOUD device profiles the nodes emulate (see `tandem profiles`); runs every "
+        "mode and says which wins there and why",
+    )
+    d.add_argument("--link", default="", help="link profile between edges and cloud (e.g. 5g)")
+    d.add_argument("--pipelined", action="store_true", help="also run pipelined speculation")
     d.set_defaults(fn=_demo)
 
     b = sub.add_parser("bench", help="benchmarks that compare configurations in one run")
@@ -246,6 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--json", default="", help="write the figures here")
     br.add_argument("--out", default="runs/bench-reason", help="folder for the plot and logs")
     br.set_defaults(fn=_bench)
+    bec = bsub.add_parser(
+        "edge-cloud", help="every policy over device pairs and link profiles, emulated devices"
+    )
+    bec.add_argument("--quick", action="store_true", help="fewer pairs, links and problems")
+    bec.add_argument("--json", default="", help="write the figures here")
+    bec.add_argument("--out", default="runs/bench-edge-cloud", help="folder for plots and logs")
+    bec.set_defaults(fn=_bench)
 
     try:
         from simulations.link.cli import add_parser as add_link

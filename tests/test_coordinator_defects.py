@@ -16,12 +16,18 @@ import grpc
 import msgpack
 import pytest
 
-from coordinator.convert import InvalidField, node_from_wire, plan_query_from_wire
-from coordinator.costmodel import Request, candidates
+from coordinator.convert import (
+    InvalidField,
+    job_from_wire,
+    node_from_wire,
+    plan_query_from_wire,
+    solve_request_to_wire,
+)
+from coordinator.costmodel import CloudView, EdgeView, Request, candidates
 from coordinator.nodes import NodeInfo, NodeLoad, NodeStatus, Role, Snapshot
 from coordinator.planner import cloud_view, edge_view, make_plan
 from coordinator.service import serve
-from node_runtime.kinds import Objective, QualityFloor
+from node_runtime.kinds import Mode, Objective, QualityFloor
 from node_runtime.serving import aio_channel
 from node_runtime.telemetry import Reading
 from tandem_wire.telemetry_codec import (
@@ -202,3 +208,25 @@ def test_no_cloud_for_a_lossless_plan_is_unavailable_with_the_reason() -> None:
     err = status_of(lambda stub: stub.Plan(pb.PlanRequest(edge_id="e1"), timeout=5))
     assert err.code() == grpc.StatusCode.UNAVAILABLE
     assert "quality floor" in err.details()
+
+
+# ---------------------------------------------------------------- drafting ahead reaches the plan
+
+
+def test_a_plan_request_that_insists_on_pipelining_is_planned_pipelined() -> None:
+    # Before, PlanRequest.pipelined was dropped at the servicer: plans were always plain.
+    query = plan_query_from_wire(pb.PlanRequest(pipelined=True, max_new_tokens=40))
+    assert query.request.pipelined and not query.request.allow_pipelined
+    assert plan_query_from_wire(pb.PlanRequest(allow_pipelined=True)).request.allow_pipelined
+    cloud = CloudView("c", model="t")
+    edge = EdgeView("e", rtt_ms={"c": 50.0}, acceptance={"t": 0.9})
+    spec = [p for p in candidates(edge, [cloud], query.request) if p.mode is Mode.SPECULATION]
+    assert spec and all(p.pipelined for p in spec)
+
+
+def test_a_job_that_insists_on_pipelining_reaches_the_edge_so() -> None:
+    # Before, JobRequest had no such field: a client could not ask a job to draft ahead.
+    job = job_from_wire(pb.JobRequest(prompt="Q 1 + 2 ?", pipelined=True))
+    assert solve_request_to_wire(job, "j1").pipelined
+    plain = job_from_wire(pb.JobRequest(prompt="Q 1 + 2 ?"))
+    assert not solve_request_to_wire(plain, "j2").pipelined  # the edge's plan chooses

@@ -64,3 +64,40 @@ def test_bad_requests_are_rejected() -> None:
     with pytest.raises(ValueError, match="quality_floor"):
         Request(10, quality_floor="best")  # type: ignore[arg-type]
     assert plan(edge(1.0), [CLOUD], Request(10, exclude=["c1"])) is None
+
+
+def slow_link_edge(a: float = 0.9) -> EdgeView:
+    """A Pi-class drafter 100 ms away: drafting ahead has a round trip to hide behind."""
+    return EdgeView("e1", draft_ms_per_token=10.0, rtt_ms={"c1": 100.0}, acceptance={"target": a})
+
+
+def test_pipelined_speculation_is_a_candidate_only_where_the_request_allows_it() -> None:
+    e, r = slow_link_edge(), Request(200, objective=Objective.CLOUD_COST)
+    assert not any(p.pipelined for p in candidates(e, [CLOUD], r))
+    both = candidates(
+        e, [CLOUD], Request(200, objective=Objective.CLOUD_COST, allow_pipelined=True)
+    )
+    spec = [p for p in both if p.mode == SPECULATION]
+    assert {p.pipelined for p in spec} == {True, False}
+    assert all(not p.pipelined for p in both if p.mode != SPECULATION)
+    best = both[0]  # same cloud compute, less latency: the plan drafts ahead
+    assert best.mode == SPECULATION and best.pipelined
+    plain = predict(e, CLOUD, SPECULATION, best.k, 200)
+    assert best.cloud_cpu_s == plain.cloud_cpu_s and best.latency_s < plain.latency_s
+
+
+def test_a_request_that_insists_on_pipelining_gets_only_pipelined_speculation() -> None:
+    forced = Request(200, pipelined=True, allow_pipelined=False)
+    spec = [p for p in candidates(slow_link_edge(), [CLOUD], forced) if p.mode == SPECULATION]
+    assert spec and all(p.pipelined for p in spec)
+
+
+def test_on_a_tie_the_plain_round_beats_drafting_ahead() -> None:
+    # Acceptance 0: a round drafted ahead is never used, so both predict the same time; the
+    # edge should not draft for nothing.
+    r = Request(200, allow_pipelined=True, objective=Objective.CLOUD_COST)
+    spec = [p for p in candidates(slow_link_edge(0.0), [CLOUD], r) if p.mode == SPECULATION]
+    for k in r.k_choices:
+        pair = [p for p in spec if p.k == k]
+        assert [p.pipelined for p in pair] == [False, True]
+        assert pair[0].latency_s == pair[1].latency_s

@@ -176,9 +176,11 @@ def test_the_cost_model_predicts_pipelined_speculation_with_the_overlap() -> Non
     assert piped.latency_s == pytest.approx((100.0 + rounds * per_round) / 1e3)
     assert piped.latency_s < plain.latency_s
     never = EdgeView("e", draft_ms_per_token=10.0, rtt_ms={"c": 100.0}, acceptance={"t": 0.0})
-    assert predict(never, cloud, Mode.SPECULATION, 4, 200, pipelined=True) == predict(
-        never, cloud, Mode.SPECULATION, 4, 200
-    )  # a guess that never holds saves nothing
+    hopeless = predict(never, cloud, Mode.SPECULATION, 4, 200, pipelined=True)
+    unpiped = predict(never, cloud, Mode.SPECULATION, 4, 200)
+    assert hopeless.pipelined and not unpiped.pipelined
+    assert (hopeless.latency_s, hopeless.cloud_cpu_s) == (unpiped.latency_s, unpiped.cloud_cpu_s)
+    # a guess that never holds saves nothing
     r = costmodel.Request(200, pipelined=True)
     spec = [p for p in costmodel.candidates(edge, [cloud], r) if p.mode is Mode.SPECULATION]
     assert piped.latency_s in {p.latency_s for p in spec if p.k == 4}

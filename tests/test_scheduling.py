@@ -162,3 +162,45 @@ def test_edges_serve_a_stale_plan_while_they_fetch_a_fresh_one() -> None:
 
     after_first, refreshed, fresh = run(main())
     assert after_first == 1 and refreshed == 2 and fresh == 3
+
+
+def test_the_edge_drafts_ahead_when_the_plan_chooses_it_and_a_job_can_insist() -> None:
+    async def main() -> tuple[pb.PlanReply, pb.PlanReply, pb.SolveReply, pb.SolveReply]:
+        coord, nodes, agents, caddr = await _cluster()
+        edge = nodes[-1]
+        problems = task.generate(2, task.HELDOUT_SEED)
+        try:
+            async with aio_channel(caddr) as ch:
+                stub = pb_grpc.CoordinatorStub(ch)
+                ask = pb.PlanRequest(
+                    edge_id="edge-a", max_new_tokens=48, objective=pb.OBJECTIVE_CLOUD_COST
+                )
+                plain = await stub.Plan(ask, timeout=5)
+                ask.allow_pipelined = True
+                chosen = await stub.Plan(ask, timeout=5)
+                job = pb.JobRequest(
+                    prompt=problems[1].question,
+                    objective=pb.OBJECTIVE_CLOUD_COST,
+                    pipelined=True,
+                    deadline_s=30,
+                )
+                events = [e async for e in stub.Submit(job, timeout=30)]
+            async with aio_channel(edge.address) as ch:
+                req = pb.SolveRequest(
+                    prompt=problems[0].question,
+                    max_new_tokens=48,
+                    objective=pb.OBJECTIVE_CLOUD_COST,
+                )
+                planned = await pb_grpc.EdgeStub(ch).Solve(req, timeout=30)
+        finally:
+            await _close(coord, nodes, agents)
+        return plain, chosen, planned, events[-1].done.result
+
+    plain, chosen, planned, forced = run(main())
+    # same cloud compute, less latency: where allowed, the plan drafts ahead
+    assert plain.mode == chosen.mode == pb.MODE_TOKEN_SPECULATION
+    assert not plain.pipelined and chosen.pipelined
+    assert planned.mode == pb.MODE_TOKEN_SPECULATION
+    assert planned.account.ahead_rounds > 0  # the edge followed the plan (before: always plain)
+    assert forced.mode == pb.MODE_TOKEN_SPECULATION and forced.account.ahead_rounds > 0
+    assert task.is_correct(task.generate(2, task.HELDOUT_SEED)[1], forced.text)

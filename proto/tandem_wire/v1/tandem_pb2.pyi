@@ -172,7 +172,7 @@ class ListNodesReply(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
 
 class PlanRequest(_message.Message):
-    __slots__ = ("edge_id", "objective", "quality_floor", "cost_weight", "prompt_tokens", "max_new_tokens", "exclude", "model", "tokenizer", "pipelined")
+    __slots__ = ("edge_id", "objective", "quality_floor", "cost_weight", "prompt_tokens", "max_new_tokens", "exclude", "model", "tokenizer", "pipelined", "allow_pipelined")
     EDGE_ID_FIELD_NUMBER: _ClassVar[int]
     OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FLOOR_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +183,7 @@ class PlanRequest(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_FIELD_NUMBER: _ClassVar[int]
     PIPELINED_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PIPELINED_FIELD_NUMBER: _ClassVar[int]
     edge_id: str
     objective: Objective
     quality_floor: QualityFloor
@@ -193,26 +194,29 @@ class PlanRequest(_message.Message):
     model: str
     tokenizer: str
     pipelined: bool
-    def __init__(self, edge_id: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., quality_floor: _Optional[_Union[QualityFloor, str]] = ..., cost_weight: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., exclude: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., tokenizer: _Optional[str] = ..., pipelined: _Optional[bool] = ...) -> None: ...
+    allow_pipelined: bool
+    def __init__(self, edge_id: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., quality_floor: _Optional[_Union[QualityFloor, str]] = ..., cost_weight: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., exclude: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., tokenizer: _Optional[str] = ..., pipelined: _Optional[bool] = ..., allow_pipelined: _Optional[bool] = ...) -> None: ...
 
 class Candidate(_message.Message):
-    __slots__ = ("mode", "draft_length", "cloud_id", "latency_s", "cloud_cpu_s", "cost")
+    __slots__ = ("mode", "draft_length", "cloud_id", "latency_s", "cloud_cpu_s", "cost", "pipelined")
     MODE_FIELD_NUMBER: _ClassVar[int]
     DRAFT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     CLOUD_ID_FIELD_NUMBER: _ClassVar[int]
     LATENCY_S_FIELD_NUMBER: _ClassVar[int]
     CLOUD_CPU_S_FIELD_NUMBER: _ClassVar[int]
     COST_FIELD_NUMBER: _ClassVar[int]
+    PIPELINED_FIELD_NUMBER: _ClassVar[int]
     mode: Mode
     draft_length: int
     cloud_id: str
     latency_s: float
     cloud_cpu_s: float
     cost: float
-    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., draft_length: _Optional[int] = ..., cloud_id: _Optional[str] = ..., latency_s: _Optional[float] = ..., cloud_cpu_s: _Optional[float] = ..., cost: _Optional[float] = ...) -> None: ...
+    pipelined: bool
+    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., draft_length: _Optional[int] = ..., cloud_id: _Optional[str] = ..., latency_s: _Optional[float] = ..., cloud_cpu_s: _Optional[float] = ..., cost: _Optional[float] = ..., pipelined: _Optional[bool] = ...) -> None: ...
 
 class PlanReply(_message.Message):
-    __slots__ = ("mode", "draft_length", "cloud", "predicted_latency_s", "predicted_cloud_cpu_s", "reason", "candidates")
+    __slots__ = ("mode", "draft_length", "cloud", "predicted_latency_s", "predicted_cloud_cpu_s", "reason", "candidates", "pipelined")
     MODE_FIELD_NUMBER: _ClassVar[int]
     DRAFT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     CLOUD_FIELD_NUMBER: _ClassVar[int]
@@ -220,6 +224,7 @@ class PlanReply(_message.Message):
     PREDICTED_CLOUD_CPU_S_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    PIPELINED_FIELD_NUMBER: _ClassVar[int]
     mode: Mode
     draft_length: int
     cloud: NodeInfo
@@ -227,10 +232,11 @@ class PlanReply(_message.Message):
     predicted_cloud_cpu_s: float
     reason: str
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
-    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., draft_length: _Optional[int] = ..., cloud: _Optional[_Union[NodeInfo, _Mapping]] = ..., predicted_latency_s: _Optional[float] = ..., predicted_cloud_cpu_s: _Optional[float] = ..., reason: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...
+    pipelined: bool
+    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., draft_length: _Optional[int] = ..., cloud: _Optional[_Union[NodeInfo, _Mapping]] = ..., predicted_latency_s: _Optional[float] = ..., predicted_cloud_cpu_s: _Optional[float] = ..., reason: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., pipelined: _Optional[bool] = ...) -> None: ...
 
 class JobRequest(_message.Message):
-    __slots__ = ("job_id", "prompt", "sampling", "objective", "quality_floor", "cost_weight", "deadline_s", "max_new_tokens", "edge_id")
+    __slots__ = ("job_id", "prompt", "sampling", "objective", "quality_floor", "cost_weight", "deadline_s", "max_new_tokens", "edge_id", "pipelined")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
@@ -240,6 +246,7 @@ class JobRequest(_message.Message):
     DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     EDGE_ID_FIELD_NUMBER: _ClassVar[int]
+    PIPELINED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     prompt: str
     sampling: Sampling
@@ -249,7 +256,8 @@ class JobRequest(_message.Message):
     deadline_s: float
     max_new_tokens: int
     edge_id: str
-    def __init__(self, job_id: _Optional[str] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., objective: _Optional[_Union[Objective, str]] = ..., quality_floor: _Optional[_Union[QualityFloor, str]] = ..., cost_weight: _Optional[float] = ..., deadline_s: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., edge_id: _Optional[str] = ...) -> None: ...
+    pipelined: bool
+    def __init__(self, job_id: _Optional[str] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., objective: _Optional[_Union[Objective, str]] = ..., quality_floor: _Optional[_Union[QualityFloor, str]] = ..., cost_weight: _Optional[float] = ..., deadline_s: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., edge_id: _Optional[str] = ..., pipelined: _Optional[bool] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("planned", "progress", "done")
