@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.task import WordTokenizer
-from models.torch_backend import TorchLM
+from models.torch_backend import TorchLM, load_torch
 from models.transformer import ModelConfig, TinyLM
 
 torch.set_num_threads(1)
@@ -36,3 +36,15 @@ def target_lm() -> TorchLM:
 @pytest.fixture(scope="session")
 def drafter_lm() -> TorchLM:
     return random_lm(2, d_model=32, name="drafter")
+
+
+@pytest.fixture(scope="session")
+def target() -> TorchLM:
+    """The trained bundled target (modules may define their own ``target`` instead)."""
+    return load_torch("target")
+
+
+@pytest.fixture(scope="session")
+def drafter() -> TorchLM:
+    """The trained bundled drafter, in torch."""
+    return load_torch("drafter")

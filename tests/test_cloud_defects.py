@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import tracemalloc
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from support import Blocker, until
 
 from cloud_node.engine import EngineConfig, RequestError
 from cloud_node.model_thread import ModelThread, Priority
@@ -44,34 +44,6 @@ def run(coro: Coroutine[Any, Any, Any], limit_s: float = 90) -> Any:
 def target() -> CausalLM:
     lm, _ = load_lm("target")
     return lm
-
-
-async def until(cond: Callable[[], bool], what: str, limit_s: float = 20.0) -> None:
-    """Poll ``cond`` until it holds; fail naming ``what`` after ``limit_s`` (a hang guard)."""
-    end = time.monotonic() + limit_s
-    while not cond():
-        assert time.monotonic() < end, f"never: {what}"
-        await asyncio.sleep(0.005)
-
-
-class Blocker:
-    """Holds the model thread until released, so the test decides when model work happens."""
-
-    def __init__(self, thread: ModelThread) -> None:
-        self.release = threading.Event()
-        self.entered = threading.Event()
-        self.task = asyncio.create_task(thread.run(self._hold, Priority.VERIFY))
-
-    def _hold(self) -> None:
-        self.entered.set()
-        self.release.wait(30)
-
-    async def held(self) -> None:
-        await until(self.entered.is_set, "the model thread is held")
-
-    async def done(self) -> None:
-        self.release.set()
-        await self.task
 
 
 class Stream:

@@ -40,16 +40,6 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(asyncio.wait_for(coro, 300))
 
 
-@pytest.fixture(scope="module")
-def target() -> CausalLM:
-    return load_torch("target")
-
-
-@pytest.fixture(scope="module")
-def drafter() -> CausalLM:
-    return load_torch("drafter")
-
-
 def heldout(n: int, seed: int = task.HELDOUT_SEED) -> list[list[int]]:
     return [[TOK.bos_id, *TOK.encode(p.question)] for p in task.generate(n, seed)]
 

@@ -29,7 +29,6 @@ from models.sampling import SamplingParams
 from models.speculative import Proposal
 from models.task import STEP_DELIMITER, WordTokenizer
 from models.task import generate as make_problems
-from models.torch_backend import load_torch
 from node_runtime.kinds import Mode
 from node_runtime.serving import aio_channel
 from tandem_wire.v1 import tandem_pb2 as pb
@@ -41,16 +40,6 @@ GREEDY = SamplingParams()
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(asyncio.wait_for(coro, 120))
-
-
-@pytest.fixture(scope="module")
-def target() -> CausalLM:
-    return load_torch("target")
-
-
-@pytest.fixture(scope="module")
-def drafter() -> CausalLM:
-    return load_torch("drafter")
 
 
 def prompt_of(text: str) -> list[int]:
