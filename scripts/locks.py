@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LOCKS = ROOT / "constraints"
 # The torch pin that keeps the cloud extra on the CPU build; an input of every resolution.
 TORCH_PIN = LOCKS / "cpu.txt"
-EXTRAS = ("edge", "cloud", "dev")
+EXTRAS = ("edge", "cloud", "dev", "ray")
 # Installed alongside but not dependencies of the project: the installer and the project itself.
 NOT_LOCKED = {"pip", "tandem"}
 
@@ -61,10 +61,15 @@ def write(pins: dict[str, str], path: Path, what: str) -> None:
     path.write_text("\n".join([*head, *body]) + "\n")
 
 
-def lock() -> None:
-    """Resolve everything once, then write each extra's part of it, and pin the installer."""
+def lock(keep: bool = False) -> None:
+    """Resolve everything once, then write each extra's part of it, and pin the installer.
+
+    ``keep`` holds every package already locked at its locked version, so adding a dependency
+    pins only what is new instead of moving everything to the newest release.
+    """
     write({"pip": metadata.version("pip")}, LOCKS / "pip.txt", "the installer (pip itself)")
-    everything = resolve(f".[{','.join(EXTRAS)}]", [TORCH_PIN])
+    held = [LOCKS / f"{e}.txt" for e in ("base", *EXTRAS)] if keep else []
+    everything = resolve(f".[{','.join(EXTRAS)}]", [TORCH_PIN, *[h for h in held if h.is_file()]])
     with tempfile.TemporaryDirectory() as tmp:
         all_pins = Path(tmp) / "all.txt"
         write(everything, all_pins, "everything")
@@ -113,12 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     """``lock`` writes the lock files; ``check EXTRAS`` compares this environment with them."""
     ap = argparse.ArgumentParser(prog="python scripts/locks.py", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
-    sub.add_parser("lock", help="re-resolve and write constraints/{pip,base,edge,cloud,dev}.txt")
+    lk = sub.add_parser("lock", help="re-resolve and write constraints/{pip,base,edge,cloud,dev}.txt")
+    lk.add_argument(
+        "--keep", action="store_true", help="hold locked packages at their versions; pin only new ones"
+    )
     c = sub.add_parser("check", help="fail if an installed package differs from the locks")
     c.add_argument("extras", nargs="?", default=",".join(EXTRAS), help="comma-separated extras")
     args = ap.parse_args(argv)
     if args.command == "lock":
-        lock()
+        lock(keep=args.keep)
         return 0
     extras = [e for e in args.extras.split(",") if e]
     unknown = [e for e in extras if e not in EXTRAS]

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from node_runtime.kinds import KPolicy
+
+# Modules that add their own subcommands: each has ``add_parser(subparsers)``, imports its heavy
+# dependencies inside its handlers, and sets ``func`` on its parsers.
+COMMAND_MODULES: tuple[str, ...] = (
+    "simulations.link.cli",
+)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -284,12 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     bec.add_argument("--out", default="runs/bench-edge-cloud", help="folder for plots and logs")
     bec.set_defaults(fn=_bench)
 
-    try:
-        from simulations.link.cli import add_parser as add_link
-    except ImportError:  # the link emulator is optional for the core commands
-        add_link = None
-    if add_link is not None:
-        add_link(sub)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_parser(sub)
     return p
 
 
