@@ -118,9 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     """``lock`` writes the lock files; ``check EXTRAS`` compares this environment with them."""
     ap = argparse.ArgumentParser(prog="python scripts/locks.py", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
-    lk = sub.add_parser("lock", help="re-resolve and write constraints/{pip,base,edge,cloud,dev}.txt")
+    lk = sub.add_parser("lock", help="re-resolve and write constraints/*.txt")
     lk.add_argument(
-        "--keep", action="store_true", help="hold locked packages at their versions; pin only new ones"
+        "--keep",
+        action="store_true",
+        help="hold locked packages at their versions",
     )
     c = sub.add_parser("check", help="fail if an installed package differs from the locks")
     c.add_argument("extras", nargs="?", default=",".join(EXTRAS), help="comma-separated extras")

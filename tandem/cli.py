@@ -14,9 +14,7 @@ from node_runtime.kinds import KPolicy
 
 # Modules that add their own subcommands: each has ``add_parser(subparsers)``, imports its heavy
 # dependencies inside its handlers, and sets ``func`` on its parsers.
-COMMAND_MODULES: tuple[str, ...] = (
-    "simulations.link.cli",
-)
+COMMAND_MODULES: tuple[str, ...] = ("simulations.link.cli",)
 
 
 def _train(args: argparse.Namespace) -> int:
