@@ -1,9 +1,11 @@
 """``tandem bench schedule``: the adaptive scheduler against every static policy, one run.
 
-Real processes (coordinator, cloud, edge) with the link emulator between edge and cloud; each cell
-of the grid sets the link's RTT and the cloud's load, then runs the same problems under every
-policy, interleaved so that drift on a noisy machine hits all of them alike. A last phase kills
-two of three cloud nodes while requests run and counts the requests lost.
+Real processes (coordinator, cloud, edge) under a device pair's profiles (the nodes pad every
+model call to the profile's time: ``tandem serve --device``), with the link emulator between edge
+and cloud; each cell of the grid sets the link's RTT and the cloud's load, then runs the same
+problems under every policy, ``repeats`` times, interleaved so that drift on a noisy machine hits
+all of them alike. A last phase kills two of three cloud nodes while requests run and counts the
+requests lost.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from node_runtime.serving import aio_channel
 from simulations.link.proxy import LinkProxy, ProxyConfig
 from simulations.link.spec import LinkSpec
 from tandem.cluster import LocalCluster, Proc
+from tandem.edge_cloud_grid import DevicePair, emulated_label
 from tandem.loadgen import verify_load
+from tandem.repeats import MIN_REPEATS, Spread, interleaved
 from tandem.report import print_table
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
@@ -39,6 +43,9 @@ POLICIES: tuple[tuple[str, int, int], ...] = (
     ("spec-k8", pb.MODE_TOKEN_SPECULATION, 8),
 )
 LOADS = ("idle", "busy")
+# Drafting on a Jetson Orin Nano Super for an 8B model on one H100: its crossover with cloud-only
+# lies near 20 ms of RTT (bench edge-cloud), so the RTT grid has cells on both sides of it.
+DEFAULT_PAIR = DevicePair("orin-nano-super/smollm2-135m-q4", "h100/llama3-8b-bf16")
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,8 @@ class ScheduleBenchConfig:
     quick: bool = False  # fewer RTTs and problems
     out_dir: Path = Path("runs/bench-schedule")  # plot and node logs
     settle_s: float = 2.5  # after changing a cell, time for probes and telemetry to catch up
+    pair: DevicePair | None = DEFAULT_PAIR  # device profiles the nodes emulate; None: this CPU
+    repeats: int = MIN_REPEATS  # runs of every policy per cell, interleaved
 
     @property
     def rtts(self) -> tuple[int, ...]:
@@ -55,7 +64,19 @@ class ScheduleBenchConfig:
 
     @property
     def problems(self) -> int:
-        return 2 if self.quick else 6
+        """Problems in each repeat of a cell."""
+        return 1 if self.quick else 2
+
+    @property
+    def label(self) -> str:
+        """What the figures were measured on."""
+        return emulated_label(self.pair) if self.pair else "this machine's CPU, not emulated"
+
+    def device_args(self, role: str) -> tuple[str, ...]:
+        """``--device`` for a node of ``role`` under the pair's profiles."""
+        if self.pair is None:
+            return ()
+        return ("--device", self.pair.edge if role == "edge" else self.pair.cloud)
 
     @property
     def failover_requests(self) -> int:
@@ -81,25 +102,39 @@ async def _warm_up(edge: str, problems: list[task.Problem]) -> None:
             await _solve(stub, p.question, pb.MODE_TOKEN_SPECULATION, 4)
 
 
-async def _cell(edge: str, problems: list[task.Problem]) -> dict[str, dict[str, float]]:
-    """ms per token of each policy over the same problems, plus what the adaptive one chose."""
-    wall = {name: 0.0 for name, _, _ in POLICIES}
-    tokens = {name: 0 for name, _, _ in POLICIES}
+async def _policy(edge: str, problems: list[task.Problem], mode: int, k: int) -> dict[str, Any]:
+    """ms per token of one policy over ``problems``, and the modes its replies ran in."""
+    wall, tokens = 0.0, 0
     chosen: dict[str, int] = {}
     async with aio_channel(edge) as ch:
         stub = pb_grpc.EdgeStub(ch)
-        for i, p in enumerate(problems):
-            # rotate the order per problem, so that no policy always runs first or last
-            for name, mode, k in POLICIES[i % len(POLICIES) :] + POLICIES[: i % len(POLICIES)]:
-                t0 = time.perf_counter()
-                r = await _solve(stub, p.question, mode, k)
-                wall[name] += time.perf_counter() - t0
-                tokens[name] += len(r.tokens)
-                if name == "adaptive":
-                    key = pb.Mode.Name(r.mode)
-                    chosen[key] = chosen.get(key, 0) + 1
-    out = {name: {"ms_per_token": 1e3 * wall[name] / max(tokens[name], 1)} for name in wall}
-    out["adaptive"]["chosen"] = chosen  # type: ignore[assignment]
+        for p in problems:
+            t0 = time.perf_counter()
+            r = await _solve(stub, p.question, mode, k)
+            wall += time.perf_counter() - t0
+            tokens += len(r.tokens)
+            key = pb.Mode.Name(r.mode)
+            chosen[key] = chosen.get(key, 0) + 1
+    return {"ms_per_token": 1e3 * wall / max(tokens, 1), "chosen": chosen}
+
+
+def _cell(edge: str, problems: list[task.Problem], repeats: int) -> dict[str, dict[str, Any]]:
+    """Every policy over the same problems, ``repeats`` times interleaved: the median ms per
+    token with its spread, and what the adaptive policy chose."""
+
+    def config(mode: int, k: int) -> Any:
+        return lambda: asyncio.run(_policy(edge, problems, mode, k))
+
+    runs = interleaved({name: config(mode, k) for name, mode, k in POLICIES}, repeats)
+    out: dict[str, dict[str, Any]] = {}
+    for name, results in runs.items():
+        spread = Spread.of([r["ms_per_token"] for r in results])
+        out[name] = {"ms_per_token": spread.median, "spread": spread.as_dict()}
+    chosen: dict[str, int] = {}
+    for r in runs["adaptive"]:
+        for mode, n in r["chosen"].items():
+            chosen[mode] = chosen.get(mode, 0) + n
+    out["adaptive"]["chosen"] = chosen
     return out
 
 
@@ -147,7 +182,9 @@ def run_schedule_bench(cfg: ScheduleBenchConfig) -> dict[str, Any]:
     with LocalCluster(cfg.out_dir / "nodes") as cluster:
         coord = cluster.start("coordinator", "coordinator")
         cloud = cluster.start(
-            "cloud", "cloud-a", "--model", "target", "--coordinator", coord.address
+            "cloud",
+            "cloud-a",
+            *("--model", "target", "--coordinator", coord.address, *cfg.device_args("cloud")),
         )
         link = LinkProxy(ProxyConfig(upstream=cloud.address)).start_in_thread()
         edge = cluster.start(
@@ -157,20 +194,23 @@ def run_schedule_bench(cfg: ScheduleBenchConfig) -> dict[str, Any]:
             coord.address,
             "--route",
             f"{cloud.address}={link.address}",
+            *cfg.device_args("edge"),
         )
         # warm-up: the scheduler learns acceptance from traffic, as it would in service
         asyncio.run(_warm_up(edge.address, task.generate(4, task.HELDOUT_SEED + 11)))
         cells = [(rtt, load) for rtt in cfg.rtts for load in LOADS]
-        for rtt, load in tqdm(cells, desc="grid cells"):
+        for rtt, load in tqdm(cells, desc=f"grid cells ({cfg.label})"):
             link.set(LinkSpec.symmetric(latency_ms=rtt / 2))
             loader = verify_load(cloud.address, sessions=4) if load == "busy" else nullcontext()
             with loader:
                 time.sleep(cfg.settle_s)
-                grid[f"{rtt}/{load}"] = asyncio.run(_cell(edge.address, problems))
+                grid[f"{rtt}/{load}"] = _cell(edge.address, problems, cfg.repeats)
         link.set(LinkSpec())  # failover runs over a plain link; cloud-a stays reachable
         extra = [
             cluster.start(
-                "cloud", f"cloud-{x}", "--model", "target", "--coordinator", coord.address
+                "cloud",
+                f"cloud-{x}",
+                *("--model", "target", "--coordinator", coord.address, *cfg.device_args("cloud")),
             )
             for x in "bc"
         ]
@@ -195,7 +235,14 @@ def _summarise(
         for name, _, _ in POLICIES
     }
     report = {
-        "config": {"quick": cfg.quick, "rtts_ms": list(cfg.rtts), "problems": cfg.problems},
+        "emulated": cfg.label if cfg.pair else None,
+        "config": {
+            "quick": cfg.quick,
+            "rtts_ms": list(cfg.rtts),
+            "problems_per_repeat": cfg.problems,
+            "repeats": cfg.repeats,
+            "devices": [cfg.pair.edge, cfg.pair.cloud] if cfg.pair else None,
+        },
         "worst_cell_ratio": max(ratios.values()),
         "cell_ratios": ratios,
         "mean_ratio_vs_static": {s: mean["adaptive"] / mean[s] for s in statics},
@@ -207,6 +254,7 @@ def _summarise(
         cell: {**{n: r[n]["ms_per_token"] for n, _, _ in POLICIES}, "ratio": ratios[cell]}
         for cell, r in grid.items()
     }
+    print(f"\n{cfg.label}: median ms per token over {cfg.repeats} interleaved repeats")
     print_table("rtt/load", rows, [n for n, _, _ in POLICIES] + ["ratio"])
     print(f"\nworst_cell_ratio {report['worst_cell_ratio']:.3f} (target <= 1.10)")
     for s, v in report["mean_ratio_vs_static"].items():
@@ -232,7 +280,7 @@ def _plot(grid: dict[str, Any], cfg: ScheduleBenchConfig) -> None:
         ax.set_yscale("log")
     axes[0].set_ylabel("latency per token (ms)")
     axes[1].legend(fontsize=8)
-    fig.suptitle("Adaptive scheduling vs static policies (emulated link)")
+    fig.suptitle(f"Adaptive scheduling vs static policies ({cfg.label}; link emulated)")
     fig.tight_layout()
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     fig.savefig(cfg.out_dir / "bench-schedule.png", dpi=110)

@@ -174,9 +174,17 @@ def _bench(args: argparse.Namespace) -> int:
 
         report = run_spec_bench(SpecBenchConfig(quick=args.quick, out_dir=Path(args.out)))
     elif args.bench == "schedule":
-        from tandem.bench_schedule import ScheduleBenchConfig, run_schedule_bench
+        from tandem.bench_schedule import DEFAULT_PAIR, ScheduleBenchConfig, run_schedule_bench
+        from tandem.edge_cloud_grid import DevicePair
 
-        report = run_schedule_bench(ScheduleBenchConfig(quick=args.quick, out_dir=Path(args.out)))
+        pair: DevicePair | None = DEFAULT_PAIR
+        if args.devices == "cpu":
+            pair = None
+        elif args.devices:
+            pair = DevicePair(*_devices(args.devices))
+        report = run_schedule_bench(
+            ScheduleBenchConfig(quick=args.quick, out_dir=Path(args.out), pair=pair)
+        )
     elif args.bench == "edge-cloud":
         from tandem.bench_edge_cloud import run_edge_cloud_bench
         from tandem.edge_cloud_grid import EdgeCloudConfig
@@ -275,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     bh.add_argument("--quick", action="store_true", help="fewer RTTs and problems")
     bh.add_argument("--json", default="", help="write the figures here")
     bh.add_argument("--out", default="runs/bench-schedule", help="folder for the plot and logs")
+    bh.add_argument(
+        "--devices",
+        default="",
+        help="EDGE,CLOUD device profiles the nodes emulate (default: a Jetson Orin Nano Super "
+        "drafting for an 8B model on an H100); `cpu` runs unemulated on this machine",
+    )
     bh.set_defaults(fn=_bench)
     br = bsub.add_parser("reason", help="step speculation and PRM search, accuracy vs budget")
     br.add_argument("--quick", action="store_true", help="fewer problems and budgets")
