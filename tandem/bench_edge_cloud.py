@@ -197,9 +197,9 @@ def run_edge_cloud_bench(cfg: EdgeCloudConfig) -> dict[str, Any]:
     rtts = {link: link_rtt_ms(link) for link in cfg.links}
     runs: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {}
     counters: dict[str, Any] = {}
-    capacity: list[dict[str, Any]] = []
+    capacity: dict[str, list[dict[str, Any]]] = {}
     t0 = time.perf_counter()
-    bar = tqdm(total=run_count(cfg) + cfg.repeats, desc="edge-cloud grid", unit="run")
+    bar = tqdm(total=run_count(cfg), desc="edge-cloud grid", unit="run")
     with LocalCluster(cfg.out_dir / "nodes") as cluster:
         for i, pair in enumerate(cfg.grid_pairs):
             nodes = PairNodes(cluster, pair, f"p{i}")
@@ -215,7 +215,7 @@ def run_edge_cloud_bench(cfg: EdgeCloudConfig) -> dict[str, Any]:
                         bar.update(1)
 
                     runs[pair.name][link] = nodes.cell(problems, cfg, step)
-                if pair == cfg.capacity_pair:
+                if pair in cfg.capacity_pairs:
                     nodes.set_link(cfg.capacity_link, cfg.settle_s, cfg.max_new)
                     label = emulated_label(pair, cfg.capacity_link)
 
@@ -223,7 +223,7 @@ def run_edge_cloud_bench(cfg: EdgeCloudConfig) -> dict[str, Any]:
                         bar.set_postfix_str(f"{label}: capacity", refresh=False)
                         bar.update(1)
 
-                    capacity = nodes.capacity(cfg, load_step)
+                    capacity[pair.name] = nodes.capacity(cfg, load_step)
                 counters[pair.name] = nodes.counters()
             finally:
                 nodes.close(cluster)

@@ -104,8 +104,15 @@ class EdgeCloudConfig:
         return 1 if self.quick else 4
 
     @property
+    def capacity_pairs(self) -> tuple[DevicePair, ...]:
+        """Pairs the capacity phase runs on: the first (the Pi drafting for a 70B, the headline)
+        and, in the full run, the second (an Orin Nano Super, a drafter about six times faster,
+        drafting for an 8B): how much a server gains depends on how fast drafts arrive."""
+        return self.grid_pairs[:1] if self.quick else self.grid_pairs[:2]
+
+    @property
     def capacity_pair(self) -> DevicePair:
-        """The pair the capacity phase runs on: the first (the Pi drafting for a 70B)."""
+        """The headline capacity pair: the first."""
         return self.grid_pairs[0]
 
     @property
@@ -148,8 +155,8 @@ def cells(cfg: EdgeCloudConfig) -> list[tuple[DevicePair, str]]:
 
 
 def run_count(cfg: EdgeCloudConfig) -> int:
-    """Runs of the grid (for the progress bar): cells x policies x repeats."""
-    return len(cells(cfg)) * len(POLICIES) * cfg.repeats
+    """Runs (for the progress bar): cells x policies x repeats, and the capacity repeats."""
+    return (len(cells(cfg)) * len(POLICIES) + len(cfg.capacity_pairs)) * cfg.repeats
 
 
 # --------------------------------------------------------------------------- per-cell ratios

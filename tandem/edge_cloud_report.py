@@ -4,7 +4,7 @@ the emulated devices and link it was measured under."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from tandem.edge_cloud_grid import (
     CLOUD_BATCH,
     PIPELINE_MIN_RTT_MS,
     POLICY_NAMES,
+    DevicePair,
     EdgeCloudConfig,
     capacity_figures,
     emulated_label,
@@ -80,13 +81,14 @@ def _grid_json(
     return out
 
 
-def _capacity(cfg: EdgeCloudConfig, results: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _capacity(
+    cfg: EdgeCloudConfig, pair: DevicePair, results: Sequence[dict[str, Any]]
+) -> dict[str, Any] | None:
     if not results:
         return None
     by: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         by[(int(r["sessions"]), r["mode"])].append(r)
-    pair = cfg.capacity_pair
     return {
         "label": emulated_label(pair, cfg.capacity_link),
         "how": CAPACITY_HOW.format(batch=CLOUD_BATCH, requests=cfg.requests_per_session),
@@ -107,13 +109,18 @@ def build_report(
     cfg: EdgeCloudConfig,
     runs: Mapping[str, Any],
     rtts: Mapping[str, float],
-    capacity_runs: list[dict[str, Any]],
+    capacity_runs: Mapping[str, Sequence[dict[str, Any]]],
     counters: Mapping[str, Any],
     wall_s: float,
 ) -> dict[str, Any]:
-    """The JSON report: keys with targets, the grid, capacity, sources and infeasible calls."""
+    """The JSON report: keys with targets, the grid, capacity, sources and infeasible calls.
+
+    ``capacity_runs`` maps a capacity pair's name to its load runs; the headline capacity keys
+    are the first pair's, and every pair's gain is under ``server_capacity_gain_32_by_pair``.
+    """
     grid = grid_figures(runs, rtts)
-    cap = _capacity(cfg, capacity_runs)
+    caps = {p.name: _capacity(cfg, p, capacity_runs.get(p.name, ())) for p in cfg.capacity_pairs}
+    cap = caps.get(cfg.capacity_pair.name)
     head = cap["sessions"].get(str(HEADLINE_SESSIONS)) if cap else None
     report: dict[str, Any] = {
         "emulated": [emulated_label(p) for p in cfg.grid_pairs],
@@ -126,6 +133,7 @@ def build_report(
             "links_rtt_ms": dict(rtts),
             "policies": list(POLICY_NAMES),
             "capacity_pair": cfg.capacity_pair.name,
+            "capacity_pairs": [p.name for p in cfg.capacity_pairs],
             "capacity_link": cfg.capacity_link,
             "capacity_sessions": list(cfg.sessions),
             "wall_s": wall_s,
@@ -135,7 +143,13 @@ def build_report(
         "cloud_cost_per_token_ratio": head["cloud_cost_per_token_ratio"] if head else None,
         "delivered_tokens_per_s_32": head["delivered_tokens_per_s"] if head else None,
         "capacity_acceptance_rate": head["acceptance_rate"] if head else None,
+        "server_capacity_gain_32_by_pair": {
+            name: c["sessions"][str(HEADLINE_SESSIONS)]["capacity_gain"]
+            for name, c in caps.items()
+            if c and str(HEADLINE_SESSIONS) in c["sessions"]
+        },
         "capacity": cap,
+        "capacity_by_pair": caps,
         "targets": {k: str(t) for k, t in TARGETS.items()},
         "profiles": _profiles(cfg),
         "links": _links(cfg),
@@ -214,7 +228,7 @@ def _print_keys(report: Mapping[str, Any]) -> None:
     }
     print()
     print_table("figure", rows, FIGURE_COLUMNS)
-    if cap:
+    for cap in filter(None, report["capacity_by_pair"].values()):
         print(f"\n{cap['label']}: capacity by concurrent edge sessions")
         crow = {}
         for n, f in cap["sessions"].items():
@@ -284,30 +298,32 @@ def plot(report: Mapping[str, Any], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_dir / "edge-cloud-latency.png", dpi=110)
     plt.close(fig)
-    cap = report["capacity"]
-    if cap:
-        _plot_capacity(cap, out_dir)
+    caps = [c for c in report["capacity_by_pair"].values() if c]
+    if caps:
+        _plot_capacity(caps, out_dir)
     print(f"plots: {out_dir / 'edge-cloud-latency.png'}, {out_dir / 'edge-cloud-capacity.png'}")
 
 
-def _plot_capacity(cap: Mapping[str, Any], out_dir: Path) -> None:
+def _plot_capacity(caps: Sequence[Mapping[str, Any]], out_dir: Path) -> None:
+    """A row per capacity pair: delivered tokens/s and tokens per cloud device-second."""
     import matplotlib.pyplot as plt
 
-    ns = [int(n) for n in cap["sessions"]]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, ylabel in (
-        (axes[0], "delivered_tokens_per_s", "delivered tokens/s (all sessions)"),
-        (axes[1], "tokens_per_device_s", "tokens per emulated cloud device-second"),
-    ):
-        for mode in ("speculation", "cloud-only"):
-            med, err = median_and_error([cap["sessions"][str(n)][key][mode] for n in ns])
-            ax.errorbar(ns, med, yerr=err, marker="o", capsize=3, label=mode)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(ns, [str(n) for n in ns])
-        ax.set_xlabel("concurrent edge sessions")
-        ax.set_ylabel(ylabel)
-        ax.legend(fontsize=8)
-    fig.suptitle(cap["label"], fontsize=9)
+    fig, axes = plt.subplots(len(caps), 2, figsize=(10, 4 * len(caps)), squeeze=False)
+    for row, cap in zip(axes, caps, strict=True):
+        ns = [int(n) for n in cap["sessions"]]
+        for ax, key, ylabel in (
+            (row[0], "delivered_tokens_per_s", "delivered tokens/s (all sessions)"),
+            (row[1], "tokens_per_device_s", "tokens per emulated cloud device-second"),
+        ):
+            for mode in ("speculation", "cloud-only"):
+                med, err = median_and_error([cap["sessions"][str(n)][key][mode] for n in ns])
+                ax.errorbar(ns, med, yerr=err, marker="o", capsize=3, label=mode)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(ns, [str(n) for n in ns])
+            ax.set_xlabel("concurrent edge sessions")
+            ax.set_ylabel(ylabel)
+            ax.set_title(cap["label"], fontsize=8)
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out_dir / "edge-cloud-capacity.png", dpi=110)
     plt.close(fig)

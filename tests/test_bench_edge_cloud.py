@@ -47,7 +47,8 @@ def test_full_grid_spans_three_pairs_four_links_every_policy() -> None:
     assert [p for p, _ in grid] == [p for p in cfg.grid_pairs for _ in cfg.links]
     rtts = [link_rtt_ms(link) for link in cfg.links]
     assert rtts == sorted(rtts)
-    assert run_count(cfg) == len(grid) * 4 * cfg.repeats
+    assert run_count(cfg) == (len(grid) * 4 + len(cfg.capacity_pairs)) * cfg.repeats
+    assert cfg.capacity_pairs == cfg.grid_pairs[:2]
 
 
 def test_quick_grid_is_smaller_but_keeps_every_policy_and_repeats() -> None:
@@ -183,11 +184,12 @@ def test_report_labels_every_cell_and_plot_and_records_sources(tmp_path: Path, c
     ]  # fmt: skip
     zero = {"emulated_calls": 10.0, "emulated_infeasible_calls": 0.0}
     counters = {pair.name: {"edge": zero, "cloud": zero}}
-    report = build_report(cfg, runs, RTTS, load, counters, 1.0)
+    report = build_report(cfg, runs, RTTS, {pair.name: load}, counters, 1.0)
     json.dumps(report)  # the report is JSON as it stands
     assert report["server_capacity_gain_32"]["median"] == pytest.approx(3.0)
     assert report["met"]["server_capacity_gain_32"] is True
     assert report["capacity"]["label"] == emulated_label(pair, "5g")
+    assert report["server_capacity_gain_32_by_pair"][pair.name]["median"] == pytest.approx(3.0)
     for link in RTTS:
         assert report["grid"][pair.name][link]["label"] == emulated_label(pair, link)
     assert set(report["profiles"]) == {pair.edge, pair.cloud}
