@@ -48,6 +48,7 @@ class CloudView:
     # Sequences sharing each pass the cost figures describe: a round's (or a token's) share of the
     # cloud's compute is its pass divided by this. 1: each figure is one sequence's own pass.
     batch: int = 1
+    max_batch: int = 16  # verify rounds one pass takes at most (the cloud's --max-batch)
 
     def verify_pass_ms(self, k: int) -> float:
         """One verify pass over k drafts (k + 1 tokens fed): the profile's, else the fit's."""
@@ -57,14 +58,19 @@ class CloudView:
         return verify_ms(self.verify_base_ms, self.verify_per_token_ms, k)
 
     def wait_ms(self) -> float:
-        """Expected wait of one model call behind other work (M/M/1: rho / (1 - rho) passes).
+        """Expected wait of one model call behind other work.
 
-        The model thread is not preemptive: a verify round or a whole generation waits for the
-        pass in progress and the queue ahead of it, so every call pays this once.
+        The cloud schedules at the iteration level (``cloud_node.iterations``): a verify round
+        or a generation step that arrives while a pass runs joins the next pass together with
+        everything else waiting, up to ``max_batch`` rounds, rather than queueing behind each
+        call ahead of it. It waits for the rest of the pass in progress (half a pass on average,
+        when the thread is busy: ``busy_fraction``) and one more pass for each full batch
+        already queued. A FIFO queue's rho / (1 - rho) passes overstated this several times
+        over on a busy cloud and kept speculation off it where it won.
         """
-        rho = min(max(self.busy_fraction, 0.0), 0.9)
+        rho = min(max(self.busy_fraction, 0.0), 1.0)
         pass_ms = self.verify_pass_ms(3)  # a typical round
-        return (rho / (1.0 - rho) + self.queue_depth) * pass_ms
+        return (0.5 * rho + self.queue_depth // max(self.max_batch, 1)) * pass_ms
 
 
 @dataclass(frozen=True)

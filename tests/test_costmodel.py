@@ -52,6 +52,23 @@ def test_a_busy_cloud_costs_more_and_the_plan_picks_the_faster_one() -> None:
     assert plan(e, [busy, CLOUD], Request(40, exclude=["c1"])).cloud_id == "c2"
 
 
+def test_a_busy_cloud_delays_a_call_by_the_rest_of_a_pass_not_a_fifo_queue() -> None:
+    # iteration-level batching: a round joins the next pass with everything else waiting
+    pass_ms = CLOUD.verify_pass_ms(3)
+    assert CLOUD.wait_ms() == 0.0
+    busy = CloudView(
+        "c2", verify_base_ms=2.0, verify_per_token_ms=0.2, busy_fraction=0.9, model="target"
+    )
+    assert busy.wait_ms() == pytest.approx(0.45 * pass_ms)
+    queued = CloudView(
+        "c3", verify_base_ms=2.0, verify_per_token_ms=0.2, busy_fraction=0.9, queue_depth=33
+    )
+    assert queued.wait_ms() == pytest.approx((0.45 + 2) * pass_ms)  # two full batches of 16
+    # so speculation keeps winning on a busy cloud at a low RTT, as it does when it is idle
+    e = EdgeView("e1", draft_ms_per_token=0.2, rtt_ms={"c2": 1.0}, acceptance={"target": 0.9})
+    assert plan(e, [busy], Request(40)).mode == SPECULATION
+
+
 def test_acceptance_drives_the_best_draft_length() -> None:
     good = plan(edge(5.0, a=0.95), [CLOUD], Request(40, objective=Objective.CLOUD_COST))
     poor = plan(edge(5.0, a=0.3), [CLOUD], Request(40, objective=Objective.CLOUD_COST))
