@@ -34,6 +34,7 @@ class SolveTask:
     cost_weight: float = 0.0  # MIX objective: see PlanAsk
     request_id: str = ""
     pipelined: bool = False  # speculation drafts the next round while one is in flight
+    stop_ids: tuple[int, ...] = ()  # more tokens that end the reply (a chat's tool-call end)
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,9 @@ class Planner:
         if plan is None or plan.mode is Mode.EDGE_ONLY:
             return None
         cloud = self._cloud(plan)
-        return None if cloud is None else Replan(plan.mode, cloud, plan.k)
+        if cloud is None:
+            return None
+        return Replan(plan.mode, cloud, plan.k, task.pipelined or plan.pipelined)
 
     def _cloud(self, plan: Plan) -> Cloud | None:
         if plan.cloud is None:

@@ -74,6 +74,7 @@ class Replan:
     mode: Mode  # speculation or cloud-only
     cloud: tuple[str, pb_grpc.CloudStub]  # the cloud's id and a stub to it
     k: int  # draft length the plan assumed
+    pipelined: bool = False  # speculation drafts the next round while one is in flight
 
 
 @dataclass

@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TypeVar
 
@@ -280,7 +280,7 @@ class Speculator:
                 k = len(draft.proposal.tokens)  # fewer than asked when a stop ended the draft
                 t_send = time.perf_counter()
                 await self._send(call, proposal_to_wire(sid, rid, base, draft.proposal), s, acc)
-                if s.pipelined:
+                if r.settings.pipelined:  # a revised plan may turn it on or off
                     flight = self._draft_ahead(r, draft, k_cap)
                 v = await self._verdict(call, s, acc, (sid, rid, base, k))
                 round_ms = (time.perf_counter() - t_send) * 1e3
@@ -394,6 +394,13 @@ class Speculator:
         if plan.mode == SPECULATION and plan.cloud[0] == cloud:
             if r.ctl.policy == KPolicy.FIXED:
                 r.ctl.k = max(1, min(plan.k, r.ctl.k_max))
+            if plan.pipelined != r.settings.pipelined:
+                # Drafting ahead on or off from the next round: a round already drafted ahead
+                # and confirmed is still sent, since it was drafted at the committed prefix.
+                r.settings = replace(r.settings, pipelined=plan.pipelined)
+                r.ctl.pipelined = plan.pipelined
+                r.acc.plan_revisions += 1
+                log_event(log, "plan_revised", mode=plan.mode, pipelined=plan.pipelined)
             return
         raise _Switch(plan)
 

@@ -105,6 +105,44 @@ def test_a_drafter_equal_to_the_target_always_guesses_the_bonus(target) -> None:
     assert (a.ahead_rounds, a.pipelined_rounds, a.wasted_draft_tokens) == (3, 3, 0)
 
 
+@pytest.mark.parametrize("start", [False, True])
+def test_a_revised_plan_turns_drafting_ahead_on_or_off_mid_request(target, drafter, start) -> None:
+    """The coordinator's revised plan toggles pipelining on the same cloud: rounds are drafted
+    ahead only while it is on, and the output is still the target's greedy output."""
+    from edge_node.spec_types import Hooks, Replan
+    from node_runtime.kinds import Mode
+
+    p = heldout(1, seed=5)[0]
+    ref = generate(target, p, GREEDY, 48, TOK.eos_id)
+
+    async def main() -> tuple[SpecResult, list[int]]:
+        node = await start_cloud(target, TOK.eos_id)
+        clouds = CloudDirectory("edge-test", static=[node.address])
+        asked: list[int] = []
+
+        async def replan(left: int, current: str) -> Replan | None:
+            asked.append(left)
+            return Replan(Mode.SPECULATION, (current, clouds.stub(current)), 3, not start)
+
+        settings = SpecSettings(48, TOK.eos_id, k=3, k_policy="fixed", pipelined=start)
+        hooks = Hooks(replan=replan, replan_every=3)
+        try:
+            return await Speculator(drafter).run(p, GREEDY, settings, clouds.pick, hooks), asked
+        finally:
+            await clouds.close()
+            await node.stop()
+
+    res, asked = run(main())
+    a = res.account
+    assert res.tokens == ref
+    assert asked and a.plan_revisions == 1  # toggled once; later plans agree with it
+    assert a.verify_rounds > 3
+    if start:  # on for the first three rounds only, each drafting the next one ahead
+        assert 0 < a.ahead_rounds <= 3 < a.verify_rounds
+    else:  # off for the first three rounds, then on for the rest
+        assert 0 < a.ahead_rounds <= a.verify_rounds - 3
+
+
 def test_sampled_pipelined_rounds_carry_their_q_and_reproduce_from_the_seed(target) -> None:
     """Drafter = target at temperature 2: every draft is kept and the bonus is a sample, so
     some guesses are right and some wrong; the rounds sent as drafted ahead need their q rows
