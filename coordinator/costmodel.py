@@ -165,14 +165,17 @@ def _predict(
     a = edge.acceptance.get(cloud.model, edge.default_acceptance)
     rounds = n / expected_tokens_per_round(a, k)
     verify = cloud.verify_pass_ms(k)
+    plain = round_ms(rtt, k, edge.draft_ms_per_token, verify, wait)
+    rounds_ms = rounds * plain
     if pipelined:  # the bonus token is guessed right about as often as a draft is kept
         hit = pipeline_hit_probability(a, k, a)
-        per_round = pipelined_round_ms(rtt, k, edge.draft_ms_per_token, verify, hit, wait)
-    else:
-        per_round = round_ms(rtt, k, edge.draft_ms_per_token, verify, wait)
+        ahead = pipelined_round_ms(rtt, k, edge.draft_ms_per_token, verify, hit, wait)
+        # the first round has nothing in flight to overlap with: it goes as a plain one
+        # (written as plain time plus the gain, so no gain predicts exactly the plain time)
+        rounds_ms += (rounds - min(rounds, 1.0)) * (ahead - plain)
     # one extra round trip opens the session
     return Prediction(
-        mode, k, cloud.node_id, (rtt + rounds * per_round) / 1e3, rounds * verify / share / 1e3
+        mode, k, cloud.node_id, (rtt + rounds_ms) / 1e3, rounds * verify / share / 1e3
     )
 
 

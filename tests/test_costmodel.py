@@ -118,3 +118,19 @@ def test_on_a_tie_the_plain_round_beats_drafting_ahead() -> None:
         pair = [p for p in spec if p.k == k]
         assert [p.pipelined for p in pair] == [False, True]
         assert pair[0].latency_s == pair[1].latency_s
+
+
+def test_the_first_round_of_pipelined_speculation_overlaps_nothing() -> None:
+    # a drafter that guesses every bonus token right (acceptance 1): every round after the first
+    # is drafted while its predecessor is in flight; the first is drafted after the session opens
+    e = EdgeView("e1", draft_ms_per_token=5.0, rtt_ms={"c1": 50.0}, acceptance={"target": 1.0})
+    k, n = 4, 50  # 5 tokens a round: 10 rounds
+    plain = predict(e, CLOUD, SPECULATION, k, n).latency_s
+    piped = predict(e, CLOUD, SPECULATION, k, n, pipelined=True).latency_s
+    draft, in_flight = k * 5.0, 50.0 + CLOUD.verify_pass_ms(k)
+    assert plain == pytest.approx((50.0 + 10 * (draft + in_flight)) / 1e3)
+    assert piped == pytest.approx((50.0 + (draft + in_flight) + 9 * in_flight) / 1e3)
+    # one round or less: nothing to overlap, pipelined costs what plain does
+    assert predict(e, CLOUD, SPECULATION, k, 3, pipelined=True).latency_s == pytest.approx(
+        predict(e, CLOUD, SPECULATION, k, 3).latency_s
+    )
