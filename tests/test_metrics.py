@@ -172,8 +172,11 @@ def test_the_cost_model_predicts_pipelined_speculation_with_the_overlap() -> Non
     assert piped.cloud_cpu_s == plain.cloud_cpu_s  # the cloud verifies the same rounds
     hit = metrics.pipeline_hit_probability(0.9, 4, 0.9)
     per_round = metrics.pipelined_round_ms(100.0, 4, 10.0, metrics.verify_ms(20, 1, 4), hit)
+    plain_round = metrics.round_ms(100.0, 4, 10.0, metrics.verify_ms(20, 1, 4))
     rounds = 200 / expected_tokens_per_round(0.9, 4)
-    assert piped.latency_s == pytest.approx((100.0 + rounds * per_round) / 1e3)
+    # the first round overlaps nothing: it goes plain, the rest are drafted ahead
+    expected = 100.0 + plain_round + (rounds - 1) * per_round
+    assert piped.latency_s == pytest.approx(expected / 1e3)
     assert piped.latency_s < plain.latency_s
     never = EdgeView("e", draft_ms_per_token=10.0, rtt_ms={"c": 100.0}, acceptance={"t": 0.0})
     hopeless = predict(never, cloud, Mode.SPECULATION, 4, 200, pipelined=True)
