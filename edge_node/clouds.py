@@ -27,7 +27,6 @@ import grpc
 
 from node_runtime.kinds import Mode, Objective, QualityFloor
 from node_runtime.serving import aio_channel, log_event
-from tandem_wire.caps import GRPC_OPTIONS
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 
@@ -94,7 +93,7 @@ class CloudDirectory:
         self.timeout_s = timeout_s
         self.routes = dict(routes or {})
         self._coord_channel = (
-            grpc.aio.insecure_channel(coordinator, options=GRPC_OPTIONS + RECONNECT_OPTIONS)
+            aio_channel(coordinator, options=RECONNECT_OPTIONS, identity=edge_id)
             if coordinator
             else None
         )

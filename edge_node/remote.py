@@ -18,7 +18,7 @@ from edge_node.clouds import RECONNECT_OPTIONS
 from edge_node.reason_types import ReasonAccount
 from models.reasoning.proposer import StepDraft
 from models.reasoning.protocols import Item
-from tandem_wire.caps import GRPC_OPTIONS
+from node_runtime.serving import sync_channel
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 
@@ -61,7 +61,7 @@ class SyncChannels:
         with self._lock:
             ch = self._channels.get(address)
             if ch is None:
-                ch = grpc.insecure_channel(address, options=GRPC_OPTIONS + RECONNECT_OPTIONS)
+                ch = sync_channel(address, options=RECONNECT_OPTIONS)
                 self._channels[address] = ch
                 while len(self._channels) > self.size:  # an address not used for longest
                     self._channels.popitem(last=False)[1].close()

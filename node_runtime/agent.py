@@ -18,8 +18,7 @@ from typing import Any
 
 import grpc
 
-from node_runtime.serving import log_event
-from tandem_wire.caps import GRPC_OPTIONS
+from node_runtime.serving import aio_channel, log_event
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 
@@ -28,17 +27,17 @@ log = logging.getLogger("node_runtime.agent")
 LoadFn = Callable[[], pb.NodeLoad]  # cheap and synchronous: it is called on every heartbeat
 
 
-def _channel(address: str, interval_s: float) -> grpc.aio.Channel:
+def _channel(address: str, interval_s: float, identity: str | None) -> grpc.aio.Channel:
     # gRPC's own reconnect backoff grows to 120 s, which would hide a coordinator that came back;
     # half an interval means the connection is up again before the next heartbeat or the one after.
     backoff_ms = max(50, int(interval_s * 500))
     options: list[tuple[str, Any]] = [
-        *GRPC_OPTIONS,
         ("grpc.initial_reconnect_backoff_ms", backoff_ms),
         ("grpc.min_reconnect_backoff_ms", backoff_ms),
         ("grpc.max_reconnect_backoff_ms", backoff_ms),
     ]
-    return grpc.aio.insecure_channel(address, options=options)
+    # The node's own certificate: the coordinator binds the node id to it.
+    return aio_channel(address, options=options, identity=identity)
 
 
 async def pick_cloud(
@@ -78,6 +77,9 @@ class NodeAgent:
         self.coordinator_address = coordinator_address
         self._node = pb.NodeInfo()
         self._node.CopyFrom(node)
+        # The certificate the agent presents, fixed for its life: the coordinator binds the id to
+        # the certificate it registered from, so a later channel must present the same one.
+        self._identity = node.node_id or None
         self._load_fn = load_fn or pb.NodeLoad
         self._interval = heartbeat_interval_s
         self._rpc_deadline = rpc_deadline_s
@@ -174,7 +176,7 @@ class NodeAgent:
         # reconnect backoff is fixed at creation. The old one closes in the background so a
         # pick_cloud in flight on it can finish.
         old = self._channel
-        self._channel = _channel(self.coordinator_address, self._interval)
+        self._channel = _channel(self.coordinator_address, self._interval, self._identity)
         self._stub = pb_grpc.CoordinatorStub(self._channel)
         self._channel_interval = self._interval
         if old is not None:

@@ -14,6 +14,8 @@ from typing import Any
 
 import grpc
 
+from node_runtime.security import SecurityConfig, channel_credentials, server_credentials, token
+from node_runtime.security import default as default_security
 from tandem_wire.caps import GRPC_OPTIONS
 
 
@@ -36,7 +38,12 @@ class JsonLineFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "info", stream: Any = None) -> None:
-    """Structured JSON lines on stderr for the whole process."""
+    """Structured JSON lines on stderr for the whole process; under TLS (the default) also the
+    reasons of refused TLS handshakes (``node_runtime.tls_watch``)."""
+    if stream is None and default_security().secure:
+        from node_runtime.tls_watch import watch_tls_failures  # it logs through this module
+
+        watch_tls_failures()
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonLineFormatter())
     root = logging.getLogger()
@@ -49,11 +56,20 @@ def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **f
     logger.log(level, event, extra={"fields": fields})
 
 
-def aio_server() -> grpc.aio.Server:
-    """An asyncio gRPC server with Tandem's message caps."""
-    from node_runtime.errors import StatusInterceptor  # errors logs through this module
+def aio_server(security: SecurityConfig | None = None) -> grpc.aio.Server:
+    """An asyncio gRPC server with Tandem's message caps; unless ``security`` (default: the
+    process's, ``node_runtime.security.default()``) is plaintext, every call must carry the
+    cluster's bearer token and a verified client certificate. Bind it with ``bind``."""
+    from node_runtime.auth import AuthInterceptor  # both log through this module
+    from node_runtime.errors import StatusInterceptor
 
-    return grpc.aio.server(options=GRPC_OPTIONS, interceptors=[StatusInterceptor()])
+    security = security or default_security()
+    interceptors: list[Any] = [StatusInterceptor()]
+    if security.secure:
+        interceptors.insert(0, AuthInterceptor(token(security)))
+    server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=interceptors)
+    server._tandem_security = security  # type: ignore[attr-defined]  # what ``bind`` uses
+    return server
 
 
 CLIENT_ID_KEY = "tandem-client-id"  # metadata naming the calling node, for servers' fair shares
@@ -101,23 +117,61 @@ def client_id_interceptors(client_id: str) -> list[Any]:
     return [kind(client_id) for kind in kinds]
 
 
+def _merged(options: list[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
+    # A caller's option replaces the cap of the same name (gRPC would keep the first of two).
+    return list({**dict(GRPC_OPTIONS), **dict(options or [])}.items())
+
+
 def aio_channel(
     address: str,
     *,
     client_id: str | None = None,
     options: list[tuple[str, Any]] | None = None,
+    security: SecurityConfig | None = None,
+    identity: str | None = None,
 ) -> grpc.aio.Channel:
     """An asyncio channel to ``address`` with Tandem's message caps (plus ``options``); with
-    ``client_id``, every call names its caller (``tandem-client-id``)."""
+    ``client_id``, every call names its caller (``tandem-client-id``).
+
+    Unless ``security`` (default: the process's) is plaintext, the channel is mTLS with the token
+    on every call, presenting the certificate of ``identity`` (default ``client_id``: a node's id;
+    neither: a plain client's)."""
+    security = security or default_security()
     interceptors = client_id_interceptors(client_id) if client_id else None
-    return grpc.aio.insecure_channel(
-        address, options=GRPC_OPTIONS + (options or []), interceptors=interceptors
+    all_options = _merged(options)
+    if not security.secure:
+        return grpc.aio.insecure_channel(address, options=all_options, interceptors=interceptors)
+    credentials = channel_credentials(security, identity or client_id)
+    return grpc.aio.secure_channel(
+        address, credentials, options=all_options, interceptors=interceptors
+    )
+
+
+def sync_channel(
+    address: str,
+    *,
+    options: list[tuple[str, Any]] | None = None,
+    security: SecurityConfig | None = None,
+    identity: str | None = None,
+) -> grpc.Channel:
+    """A blocking channel to ``address``, secured as ``aio_channel`` secures its channels."""
+    security = security or default_security()
+    all_options = _merged(options)
+    if not security.secure:
+        return grpc.insecure_channel(address, options=all_options)
+    return grpc.secure_channel(
+        address, channel_credentials(security, identity), options=all_options
     )
 
 
 def bind(server: grpc.aio.Server, host: str, port: int) -> str:
-    """Bind ``host:port`` (port 0 picks a free one) and return the address actually bound."""
-    bound = server.add_insecure_port(f"{host}:{port}")
+    """Bind ``host:port`` (port 0 picks a free one) and return the address actually bound: an mTLS
+    port with a certificate valid for ``host``, or plaintext if the server's security says so."""
+    security = getattr(server, "_tandem_security", None) or default_security()
+    if security.secure:
+        bound = server.add_secure_port(f"{host}:{port}", server_credentials(security, host))
+    else:
+        bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"could not bind {host}:{port}")
     return f"{host}:{bound}"

@@ -27,6 +27,9 @@ from dataclasses import dataclass, replace
 import zmq
 import zmq.asyncio
 
+from node_runtime import curve
+from node_runtime.security import SecurityConfig
+from node_runtime.security import default as default_security
 from node_runtime.serving import log_event
 from tandem_wire.telemetry_codec import (  # re-exported: the telemetry API is one module to users
     MAX_FRAME_BYTES,
@@ -124,8 +127,11 @@ class TelemetryPublisher:
         bind: bool = True,
         config: PublisherConfig | None = None,
         context: zmq.asyncio.Context | None = None,
+        security: SecurityConfig | None = None,
     ) -> None:
         encode_sample(Sample(node_id, role, "check", 0, 0.0, 0.0))  # bad id or role fails here
+        # Unless plaintext: CURVE, sending only to the holder of the subscriber's key.
+        self.security = security or default_security()
         self.node_id, self.role, self.endpoint = node_id, role, endpoint
         self.epoch = uuid.uuid4().hex[:16]
         self.config = config or PublisherConfig()
@@ -143,6 +149,8 @@ class TelemetryPublisher:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, self.config.send_hwm)
         sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription, not only a topic's first
+        if self.security.secure:
+            curve.client_socket(sock, self.security, self.node_id)
         try:
             if self._bind:
                 sock.bind(self.endpoint)
@@ -286,8 +294,12 @@ class TelemetrySubscriber:
         *,
         clock: Callable[[], float] = time.monotonic,
         context: zmq.asyncio.Context | None = None,
+        security: SecurityConfig | None = None,
     ) -> None:
         self.config = config or SubscriberConfig()
+        # Unless plaintext: a CURVE server admitting only allowlisted node keys (ZAP).
+        self.security = security or default_security()
+        self._zap: curve.ZapHandler | None = None
         self._clock = clock
         self._context = context or zmq.asyncio.Context.instance()
         self._sock: zmq.asyncio.Socket | None = None
@@ -296,7 +308,16 @@ class TelemetrySubscriber:
         self._latest: dict[str, Latest] = {}
         self._updated = asyncio.Event()
         self._counts: dict[str, int] = dict.fromkeys(
-            ("samples", "gaps", "restarts", "duplicates", "untracked", "malformed"), 0
+            (
+                "samples",
+                "gaps",
+                "restarts",
+                "duplicates",
+                "untracked",
+                "malformed",
+                "impersonations",
+            ),
+            0,
         )
 
     async def start(self) -> None:
@@ -313,6 +334,9 @@ class TelemetrySubscriber:
         ):
             sock.setsockopt(option, value)
         sock.setsockopt(zmq.SUBSCRIBE, TOPIC)
+        if self.security.secure:
+            curve.server_socket(sock, self.security)
+            self._zap = await curve.ZapHandler.acquire(self._context, self.security)
         self._sock = sock
         self._task = asyncio.create_task(self._run(), name="telemetry-sub")
 
@@ -321,6 +345,9 @@ class TelemetrySubscriber:
         await _close(self._task, self._sock)
         self._task = self._sock = None
         self._endpoints.clear()
+        if self._zap is not None:
+            await self._zap.release()
+            self._zap = None
 
     def connect(self, endpoint: str) -> None:
         """Follow the publisher at ``endpoint`` (no-op when already followed); zmq retries in the
@@ -380,8 +407,11 @@ class TelemetrySubscriber:
                 await asyncio.wait_for(self._updated.wait(), remaining)
         return True
 
-    def handle(self, frames: Sequence[bytes]) -> Sample | None:
-        """Take one received message; the sample when accepted, None when dropped (counted)."""
+    def handle(self, frames: Sequence[bytes], sender: str | None = None) -> Sample | None:
+        """Take one received message; the sample when accepted, None when dropped (counted).
+
+        ``sender`` is the publisher's node id as CURVE/ZAP authenticated it (None: plaintext); a
+        sample in another node's name is dropped and counted as an impersonation."""
         try:
             if len(frames) != 2 or frames[0] != TOPIC:
                 _fail("frames", f"expected [{TOPIC!r}, payload], got {len(frames)} frames")
@@ -391,6 +421,16 @@ class TelemetrySubscriber:
             key = f"malformed_{err.reason}"
             self._counts[key] = self._counts.get(key, 0) + 1
             log_event(log, "telemetry_malformed", logging.DEBUG, error=str(err)[:200])
+            return None
+        if sender is not None and sample.node_id != sender:
+            self._counts["impersonations"] += 1
+            log_event(
+                log,
+                "telemetry_impersonation",
+                logging.WARNING,
+                sender=sender,
+                claimed=sample.node_id,
+            )
             return None
         old = self._latest.get(sample.node_id)
         gaps = restarts = 0
@@ -429,9 +469,14 @@ class TelemetrySubscriber:
 
     async def _run(self) -> None:
         sock = self._socket()
+        secure = self.security.secure
         while True:
-            frames = await sock.recv_multipart()
+            if secure:  # frames carry the ZAP-authenticated node id of their publisher
+                parts = await sock.recv_multipart(copy=False)
+                frames, sender = [p.bytes for p in parts], parts[-1].get("User-Id")
+            else:
+                frames, sender = await sock.recv_multipart(), None
             try:
-                self.handle(frames)
+                self.handle(frames, sender)
             except Exception:  # a bug in handling one frame must not stop the intake
                 log.exception("telemetry_handle_failed")

@@ -3,6 +3,9 @@ does not matter (losslessness holds for any pair of models with one vocabulary).
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 import torch
 
@@ -11,6 +14,9 @@ from models.torch_backend import TorchLM, load_torch
 from models.transformer import ModelConfig, TinyLM
 
 torch.set_num_threads(1)
+
+# The run's own security state (CA, certificates, token), shared with the processes tests start.
+os.environ["TANDEM_HOME"] = tempfile.mkdtemp(prefix="tandem-test-home-")
 
 
 def random_lm(seed: int, d_model: int = 32, n_layers: int = 2, name: str = "random") -> TorchLM:

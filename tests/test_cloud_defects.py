@@ -25,7 +25,7 @@ from coordinator.service import serve
 from models.base import CausalLM, LMSession
 from models.loader import load_lm
 from node_runtime.agent import NodeAgent
-from node_runtime.serving import CLIENT_ID_KEY
+from node_runtime.serving import CLIENT_ID_KEY, aio_channel
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 
@@ -188,7 +188,7 @@ def test_a_huge_verify_message_is_refused_before_any_work(target) -> None:
     assert peak < 20_000_000  # a dense q would be 300k x vocab float64 (266 MB)
 
     async def body(node: CloudNode) -> None:
-        async with grpc.aio.insecure_channel(node.address, options=BIG) as ch:
+        async with aio_channel(node.address, options=BIG) as ch:
             s = Stream(ch)
             assert (await s.ask(open_msg("s", 1.0))).opened.position == len(PROMPT)
             err = await refused(s.ask(msg))
@@ -215,7 +215,7 @@ def test_a_huge_verify_message_is_refused_before_any_work(target) -> None:
 )
 def test_bad_q_rows_are_refused_naming_the_row(target, q, words) -> None:
     async def body(node: CloudNode) -> None:
-        async with grpc.aio.insecure_channel(node.address) as ch:
+        async with aio_channel(node.address) as ch:
             s = Stream(ch)
             await s.ask(open_msg("s", 1.0))
             err = await refused(s.ask(verify_msg("s", 1, [5], q)))
@@ -230,7 +230,7 @@ def test_bad_q_rows_are_refused_naming_the_row(target, q, words) -> None:
 
 def test_a_session_belongs_to_the_stream_that_opened_it(target) -> None:
     async def body(node: CloudNode) -> None:
-        async with grpc.aio.insecure_channel(node.address) as ch:
+        async with aio_channel(node.address) as ch:
             a = Stream(ch)
             await a.ask(open_msg("s"))
             err = await refused(Stream(ch).ask(verify_msg("s", 1, [5])))
@@ -251,7 +251,7 @@ def test_a_session_belongs_to_the_stream_that_opened_it(target) -> None:
 
 def test_idle_sessions_are_swept_without_a_new_open(target) -> None:
     async def body(node: CloudNode) -> None:
-        async with grpc.aio.insecure_channel(node.address) as ch:
+        async with aio_channel(node.address) as ch:
             s = Stream(ch)
             await s.ask(open_msg("idle"))
             await until(lambda: not node.engine.sessions, "the idle session is swept")
@@ -265,8 +265,8 @@ def test_idle_sessions_are_swept_without_a_new_open(target) -> None:
 def test_one_client_cannot_take_every_session(target) -> None:
     async def body(node: CloudNode) -> None:
         async with (
-            grpc.aio.insecure_channel(node.address, options=OWN_CONNECTION) as a,
-            grpc.aio.insecure_channel(node.address, options=OWN_CONNECTION) as b,
+            aio_channel(node.address, options=OWN_CONNECTION) as a,
+            aio_channel(node.address, options=OWN_CONNECTION) as b,
         ):
             first = Stream(a)
             for sid in ("a1", "a2"):
@@ -350,8 +350,8 @@ def test_generation_is_bounded_fair_and_never_ahead_of_verify_rounds(target) -> 
         watched.node = node
         req = pb.GenerateRequest(prompt=PROMPT, max_new_tokens=60)
         async with (
-            grpc.aio.insecure_channel(node.address, options=OWN_CONNECTION) as a,
-            grpc.aio.insecure_channel(node.address, options=OWN_CONNECTION) as b,
+            aio_channel(node.address, options=OWN_CONNECTION) as a,
+            aio_channel(node.address, options=OWN_CONNECTION) as b,
         ):
             s = Stream(a)
             await s.ask(open_msg("v"))
@@ -386,7 +386,7 @@ def test_generation_is_bounded_fair_and_never_ahead_of_verify_rounds(target) -> 
 
 def test_a_full_verify_queue_is_refused_and_counted_once(target) -> None:
     async def body(node: CloudNode) -> None:
-        async with grpc.aio.insecure_channel(node.address) as ch:
+        async with aio_channel(node.address) as ch:
             streams = {sid: Stream(ch) for sid in ("x", "y", "z")}
             for sid, s in streams.items():
                 await s.ask(open_msg(sid))
@@ -411,7 +411,7 @@ def test_a_model_failure_is_internal_with_an_id_and_the_node_keeps_serving(targe
 
     async def body(node: CloudNode) -> None:
         watched.node = node
-        async with grpc.aio.insecure_channel(node.address) as ch:
+        async with aio_channel(node.address) as ch:
             stub = pb_grpc.CloudStub(ch)
             req = pb.GenerateRequest(prompt=PROMPT, max_new_tokens=4)
             watched.fail_generation = True
@@ -456,7 +456,7 @@ def test_a_verify_round_waits_for_one_generation_pass_not_a_whole_call(target) -
 
     async def body(node: CloudNode) -> None:
         paused.node = node
-        async with grpc.aio.insecure_channel(node.address, options=OWN_CONNECTION) as ch:
+        async with aio_channel(node.address, options=OWN_CONNECTION) as ch:
             s = Stream(ch)
             await s.ask(open_msg("v"))
             req = pb.GenerateRequest(prompt=PROMPT, max_new_tokens=60)

@@ -19,6 +19,7 @@ import grpc
 import pytest
 
 from cloud_node.node import CloudConfig, start_cloud
+from edge_node import remote
 from edge_node.chunks import ChunkedProposer, plan_chunks
 from edge_node.clouds import CloudDirectory, PlanAsk
 from edge_node.node import EdgeNode, EdgeNodeConfig, start_edge
@@ -102,10 +103,10 @@ def test_search_channels_are_shared_and_closed(monkeypatch: pytest.MonkeyPatch) 
     """Each search opened two blocking channels and never closed them."""
     opened: list[grpc.Channel] = []
     closed: list[grpc.Channel] = []
-    real = grpc.insecure_channel
+    real = remote.sync_channel
 
-    def recording(target: str, options: Any = None, compression: Any = None) -> grpc.Channel:
-        ch = real(target, options=options, compression=compression)
+    def recording(target: str, **kwargs: Any) -> grpc.Channel:
+        ch = real(target, **kwargs)
         real_close = ch.close
 
         def close() -> None:
@@ -116,7 +117,7 @@ def test_search_channels_are_shared_and_closed(monkeypatch: pytest.MonkeyPatch) 
         opened.append(ch)
         return ch
 
-    monkeypatch.setattr(grpc, "insecure_channel", recording)
+    monkeypatch.setattr(remote, "sync_channel", recording)
     problems = task.generate(3, task.HELDOUT_SEED + 12)
 
     async def main() -> list[Any]:
@@ -444,7 +445,7 @@ def test_a_restarted_cloud_is_used_at_once() -> None:
                 cloud = await start_cloud(target, TOK.eos_id, CloudConfig(port=port))
                 # wait until it accepts calls, on a channel sharing nothing with the edge's
                 own = [("grpc.use_local_subchannel_pool", 1)]
-                async with grpc.aio.insecure_channel(cloud.address, options=own) as fresh:
+                async with aio_channel(cloud.address, options=own) as fresh:
                     await pb_grpc.CloudStub(fresh).Metrics(
                         pb.MetricsRequest(), timeout=30, wait_for_ready=True
                     )

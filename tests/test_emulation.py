@@ -19,6 +19,7 @@ from node_runtime.emulation import (
     emulation_values,
 )
 from node_runtime.profiles import CallKind, Cited, get_profile
+from node_runtime.serving import aio_channel
 
 
 @pytest.fixture(scope="module")
@@ -163,8 +164,6 @@ def test_call_kinds_and_no_emulation_by_default(target) -> None:
 def test_nodes_report_the_emulated_device_in_metrics_and_telemetry(target, drafter) -> None:
     import asyncio
 
-    import grpc
-
     from cloud_node.node import LoadProbe, start_cloud
     from edge_node.node import EdgeNodeConfig, _with_emulation, start_edge
     from models.task import WordTokenizer
@@ -179,7 +178,7 @@ def test_nodes_report_the_emulated_device_in_metrics_and_telemetry(target, draft
         cloud = await start_cloud(cloud_lm, tok.eos_id)
         edge = await start_edge(edge_lm, tok, EdgeNodeConfig(clouds=(cloud.address,)))
         try:
-            async with grpc.aio.insecure_channel(cloud.address) as ch:
+            async with aio_channel(cloud.address) as ch:
                 reply = await pb_grpc.CloudStub(ch).Generate(
                     pb.GenerateRequest(prompt=[tok.bos_id, 5, 6], max_new_tokens=3), timeout=30
                 )
@@ -190,7 +189,7 @@ def test_nodes_report_the_emulated_device_in_metrics_and_telemetry(target, draft
             assert values["emulated_device:h100/llama3-8b-bf16"] == 1.0
             assert values["emulated_calls"] >= 1 and values["emulated_device_s"] > 0
             assert "emulated_infeasible_calls" in values
-            async with grpc.aio.insecure_channel(edge.address) as ch:
+            async with aio_channel(edge.address) as ch:
                 values = (
                     await pb_grpc.EdgeStub(ch).Metrics(pb.MetricsRequest(), timeout=10)
                 ).values

@@ -30,7 +30,7 @@ from models.speculative import Proposal
 from models.task import STEP_DELIMITER, WordTokenizer
 from models.task import generate as make_problems
 from node_runtime.kinds import Mode
-from node_runtime.serving import aio_channel
+from node_runtime.serving import aio_channel, bind
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 
@@ -256,7 +256,7 @@ async def against_hostile(
     hostile = HostileCloud(fault)
     server = grpc.aio.server()
     pb_grpc.add_CloudServicer_to_server(hostile, server)
-    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    address = bind(server, "127.0.0.1", 0)
     await server.start()
     node = await start_cloud(good, TOK.eos_id) if good is not None else None
     addresses = [address] + ([node.address] if node is not None else [])

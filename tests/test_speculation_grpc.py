@@ -17,6 +17,7 @@ from edge_node.speculation import SpecSettings, Speculator
 from models.generate import generate
 from models.sampling import SamplingParams
 from models.task import generate as make_problems
+from node_runtime.serving import aio_channel
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 
@@ -98,7 +99,7 @@ def test_sampled_speculation_is_reproducible_from_seed(tok, target_lm, drafter_l
 async def _stream(address: str, messages: list[pb.SpecRequest]) -> list[pb.SpecReply]:
     # the client may send past the server's cap, so the server's own limit is what answers
     big = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
-    async with grpc.aio.insecure_channel(address, options=big) as ch:
+    async with aio_channel(address, options=big) as ch:
         call = pb_grpc.CloudStub(ch).Speculate(timeout=10)
         out = []
         for m in messages:

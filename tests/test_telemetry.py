@@ -15,6 +15,7 @@ import zmq.asyncio
 from coordinator.nodes import NodeInfo, Role
 from coordinator.registry import CoordinatorConfig, Registry
 from coordinator.telemetry import IntakeConfig, TelemetryIntake
+from node_runtime import curve, security
 from node_runtime.telemetry import (
     MAX_FRAME_BYTES,
     TOPIC,
@@ -160,6 +161,7 @@ def test_malformed_frames_over_the_wire_are_counted_and_intake_goes_on() -> None
         ctx = zmq.asyncio.Context.instance()
         raw = ctx.socket(zmq.XPUB)  # a hostile publisher: sends whatever we like
         raw.setsockopt(zmq.LINGER, 0)
+        curve.client_socket(raw, security.default(), "edge-1")  # hostile, yet with a known key
         raw.bind("tcp://127.0.0.1:0")
         sub = TelemetrySubscriber()
         await sub.start()
