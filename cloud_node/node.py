@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cloud_node.costs import calibrate
 from cloud_node.engine import EngineConfig, VerifyEngine
+from cloud_node.prometheus import instrument
 from cloud_node.service import CloudServicer
 from cloud_node.steps import StepService
 from models.base import CausalLM, Tokenizer
@@ -17,6 +18,7 @@ from models.fingerprint import fingerprint
 from models.reasoning.protocols import StepScorer
 from node_runtime.emulation import EmulatedLM, emulate, emulation_values
 from node_runtime.lifecycle import RateWindow, run_node
+from node_runtime.metrics import MetricsServer, NodeMetrics
 from node_runtime.serving import aio_server, bind, log_event
 from node_runtime.telemetry import Reading
 from tandem_wire.v1 import tandem_pb2 as pb
@@ -38,6 +40,11 @@ class CloudConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)  # sessions, batching, limits
     scorers: tuple[str, ...] = ("prm", "judge")  # step scorers served; the first is the default
     device: str = "cpu"  # device profile to emulate (node_runtime.profiles); "cpu": none
+    experts: str = ""  # MoE checkpoint whose experts this node serves (cloud_node.experts)
+    metrics_port: int = -1  # Prometheus /metrics over HTTP on this port; -1: none, 0: a free one
+    metrics_host: str = "127.0.0.1"  # address /metrics binds
+    # onnxruntime execution providers to try first for ONNX graphs (the PRM); CPU is last
+    onnx_providers: tuple[str, ...] = ()
 
 
 @dataclass
@@ -72,6 +79,10 @@ async def start_cloud(
     steps = build_steps(engine, lm, tokenizer, config.scorers) if tokenizer else None
     servicer = CloudServicer(engine, node_id, eos_id, steps, tokenizer)
     pb_grpc.add_CloudServicer_to_server(servicer, server)
+    if config.experts:
+        from cloud_node.experts import add_experts
+
+        add_experts(server, config.experts)
     await server.start()
     emulated = lm.profile.name if isinstance(lm, EmulatedLM) else None
     log_event(
@@ -113,7 +124,9 @@ async def run_cloud(config: CloudConfig, ready_file: Path | None = None) -> None
     import torch
 
     from models.loader import load_lm  # loads torch only in the cloud process
+    from models.providers import set_providers
 
+    set_providers(config.onnx_providers)
     torch.set_num_threads(config.torch_threads)
     lm, tok = load_lm(config.model)
     lm = emulate(lm, config.device)  # every call still runs; its wall time becomes the device's
@@ -132,8 +145,19 @@ async def run_cloud(config: CloudConfig, ready_file: Path | None = None) -> None
         tokenizer=fingerprint(tok),
     )
     probe = LoadProbe(node.engine)
+    stop_node = node.stop
+    if config.metrics_port >= 0:
+        metrics = NodeMetrics("cloud", node.servicer.node_id)
+        instrument(metrics, node.engine, lm.name)
+        http = MetricsServer(metrics, config.metrics_host, config.metrics_port)
+        log_event(log, "metrics_listening", address=await http.start())
+
+        async def stop_node() -> None:
+            await http.stop()
+            await node.stop()
+
     await run_node(
-        info, "cloud", config.coordinator, probe.heartbeat, probe.reading, node.stop, ready_file
+        info, "cloud", config.coordinator, probe.heartbeat, probe.reading, stop_node, ready_file
     )
 
 

@@ -1,4 +1,6 @@
-"""``python -m coordinator``: run one coordinator process (what the cluster launcher starts)."""
+"""``python -m coordinator``: run one coordinator process, with the flags of ``tandem serve
+coordinator`` (both are built from ``CoordinatorConfig``; ``--config FILE`` reads its
+``[coordinator]`` table)."""
 
 from __future__ import annotations
 
@@ -7,30 +9,38 @@ from pathlib import Path
 
 from coordinator.registry import CoordinatorConfig
 from coordinator.service import run_coordinator
+from node_runtime.config import add_config_args, add_config_file_arg, from_args
+
+# Flag names from before the flags were built from the config, kept working.
+ALIASES = {"heartbeat_interval_s": ("--heartbeat-interval",)}
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse flags, build the config, serve until SIGTERM/SIGINT."""
-    parser = argparse.ArgumentParser(prog="python -m coordinator", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config``, a flag for every CoordinatorConfig field, ``--ready-file``, ``--log-level``."""
+    add_config_file_arg(parser)
+    add_config_args(parser, CoordinatorConfig, ALIASES)
     parser.add_argument(
         "--ready-file",
         type=Path,
         default=None,
         help='written as {"address": ..., "pid": ...} once listening',
     )
-    parser.add_argument("--heartbeat-interval", type=float, default=1.0)
-    parser.add_argument("--missed-heartbeats", type=int, default=3)
-    parser.add_argument("--max-nodes", type=int, default=1024)
     parser.add_argument("--log-level", default="info")
-    args = parser.parse_args(argv)
-    config = CoordinatorConfig(
-        heartbeat_interval_s=args.heartbeat_interval,
-        missed_heartbeats=args.missed_heartbeats,
-        max_nodes=args.max_nodes,
-    )
-    run_coordinator(args.host, args.port, args.ready_file, config, args.log_level)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the config from the file and flags, serve until SIGTERM/SIGINT."""
+    config = from_args(CoordinatorConfig, args, "coordinator")
+    ready = Path(args.ready_file) if args.ready_file else None
+    run_coordinator(config.host, config.port, ready, config, args.log_level)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse flags, build the config, serve."""
+    parser = argparse.ArgumentParser(prog="python -m coordinator", description=__doc__)
+    add_arguments(parser)
+    run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import TypeVar
 from coordinator.costmodel import Prediction, Request
 from coordinator.nodes import ModelSpec, NodeInfo, NodeLoad, Role
 from coordinator.requests import Job, Plan, PlanQuery, Sampling
-from node_runtime.kinds import Objective, QualityFloor
+from node_runtime.kinds import KPolicy, Mode, Objective, QualityFloor
 from tandem_wire.v1 import tandem_pb2 as pb
 
 # Bounds on everything a node may send, so one bad client cannot bloat the registry.
@@ -24,6 +24,7 @@ MAX_MODELS = 64
 MAX_EXCLUDE = 1024
 MAX_TOKENS = 1 << 20  # max_new_tokens of a plan
 MAX_PROMPT_CHARS = 1 << 20  # a job's prompt text
+MAX_DRAFT_LENGTH = 64  # a job's starting k (the edge checks its own, smaller cap)
 MAX_DEADLINE_S = 3600.0  # a job's deadline
 MAX_CANDIDATES = 12  # runners-up listed in a PlanReply
 _ID_PATTERN = re.compile(r"[A-Za-z0-9._:@/-]+")
@@ -246,10 +247,20 @@ def plan_to_wire(plan: Plan) -> pb.PlanReply:
 
 def job_from_wire(r: pb.JobRequest) -> Job:
     """A checked ``Job``; InvalidField names what is wrong."""
-    if not r.prompt:
-        raise InvalidField("prompt", "must not be empty")
-    if len(r.prompt) > MAX_PROMPT_CHARS:
-        raise InvalidField("prompt", f"at most {MAX_PROMPT_CHARS} characters, got {len(r.prompt)}")
+    if not r.prompt and not r.chat_json:
+        raise InvalidField("prompt", "must not be empty (or set chat_json)")
+    if r.prompt and r.chat_json:
+        raise InvalidField("prompt", "must be empty when chat_json is set")
+    for name, text in (("prompt", r.prompt), ("chat_json", r.chat_json)):
+        if len(text) > MAX_PROMPT_CHARS:
+            raise InvalidField(name, f"at most {MAX_PROMPT_CHARS} characters, got {len(text)}")
+    if not 0 <= r.draft_length <= MAX_DRAFT_LENGTH:
+        raise InvalidField("draft_length", f"must be 0 to {MAX_DRAFT_LENGTH}, got {r.draft_length}")
+    if r.k_policy:
+        try:
+            KPolicy.parse(r.k_policy)
+        except ValueError as err:
+            raise InvalidField("k_policy", str(err).split(": ", 1)[-1]) from None
     if not (math.isfinite(r.deadline_s) and 0 <= r.deadline_s <= MAX_DEADLINE_S):
         raise InvalidField("deadline_s", f"must be 0 to {MAX_DEADLINE_S:g}, got {r.deadline_s}")
     if not 0 <= r.max_new_tokens <= MAX_TOKENS:
@@ -270,21 +281,28 @@ def job_from_wire(r: pb.JobRequest) -> Job:
         max_new_tokens=r.max_new_tokens,
         edge_id=node_id_from_wire(r.edge_id, "edge_id", required=False),
         pipelined=r.pipelined,
+        mode=_enum(Mode.from_wire, r.mode, "mode"),
+        k_policy=r.k_policy,
+        draft_length=r.draft_length,
+        chat_json=r.chat_json,
     )
 
 
 def solve_request_to_wire(job: Job, job_id: str) -> pb.SolveRequest:
-    """The ``SolveRequest`` that runs ``job`` on an edge, which plans its mode itself (drafting
-    ahead when the job insists, else as its plan says)."""
+    """The ``SolveRequest`` that runs ``job`` on an edge, which plans its mode itself unless the
+    job names one (drafting ahead when the job insists, else as its plan says)."""
     s = job.sampling
     return pb.SolveRequest(
         request_id=job_id,
         prompt=job.prompt,
         sampling=pb.Sampling(temperature=s.temperature, top_p=s.top_p, seed=s.seed),
-        mode=pb.MODE_UNSPECIFIED,
+        mode=job.mode.to_wire() if job.mode is not None else pb.MODE_UNSPECIFIED,
         max_new_tokens=job.max_new_tokens,
         objective=job.objective.to_wire(),
         quality_floor=job.quality_floor.to_wire(),
         cost_weight=job.cost_weight,
         pipelined=job.pipelined,
+        k_policy=job.k_policy,
+        draft_length=job.draft_length,
+        chat_json=job.chat_json,
     )

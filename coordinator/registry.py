@@ -13,12 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from coordinator.nodes import NodeInfo, NodeLoad, NodeStatus, Role, Snapshot
+from node_runtime.openai_api.settings import ApiConfig
 
 
 @dataclass(frozen=True)
 class CoordinatorConfig:
     """Everything the coordinator's behaviour depends on; the CLI only builds it."""
 
+    host: str = "127.0.0.1"  # address the gRPC server binds
+    port: int = 0  # gRPC port; 0 picks a free one
     # How often nodes heartbeat; told to every node in RegisterReply so both sides agree.
     heartbeat_interval_s: float = 1.0
     # A node silent for this many intervals is removed: one lost heartbeat is not a dead node.
@@ -29,6 +32,8 @@ class CoordinatorConfig:
     metrics_log_interval_s: float = 30.0
     # Grace period for in-flight RPCs when the server stops.
     stop_grace_s: float = 1.0
+    # The cluster's OpenAI-compatible front door and /metrics (HTTP); port -1: not served.
+    api: ApiConfig = dataclasses.field(default_factory=ApiConfig)
 
     def __post_init__(self) -> None:
         if not self.heartbeat_interval_s > 0:
@@ -48,6 +53,10 @@ class CoordinatorConfig:
     def expiry_s(self) -> float:
         """Silence after which a node is out."""
         return self.heartbeat_interval_s * self.missed_heartbeats
+
+
+class NotOwner(PermissionError):
+    """The node id (or its address) belongs to a registration made from another certificate."""
 
 
 class RegistryFull(Exception):
@@ -88,6 +97,8 @@ class Registry:
         self._on_expire = on_expire
         self._new_id = new_id
         self._nodes: dict[str, NodeStatus] = {}
+        # node id -> fingerprint of the certificate it registered from ("": plaintext, unbound)
+        self._owners: dict[str, str] = {}
         self._counts: dict[str, int] = dict.fromkeys(
             (
                 "registrations",
@@ -98,17 +109,20 @@ class Registry:
                 "unknown_heartbeats",
                 "deregistrations",
                 "expirations",
+                "refused_not_owner",
             ),
             0,
         )
 
-    def register(self, info: NodeInfo) -> Registration:
+    def register(self, info: NodeInfo, owner: str = "") -> Registration:
         """Add a node, or update it when its id is known; assigns an id when ``info`` has none.
 
         A node id the registry does not know is accepted as given: that is how nodes keep their
         ids across a coordinator restart. Another entry with the same address is dropped, since
         only one server can listen there (a node that restarted and lost its id).
         Raises ``RegistryFull`` when the node is new and the registry is at ``max_nodes``.
+        ``owner`` (a certificate fingerprint) binds the id: while it is registered, another owner
+        can neither register it again nor replace it by its address (``NotOwner``).
         """
         now = self._clock()
         self.expire()
@@ -119,11 +133,16 @@ class Registry:
             for other_id, status in self._nodes.items()
             if other_id != node_id and status.info.address == info.address
         )
+        self._check_owner(node_id, owner)
+        for gone in replaced:
+            self._check_owner(gone.node_id, owner, f"address {info.address} of ")
         if known is None and len(self._nodes) - len(replaced) >= self._config.max_nodes:
             self._counts["rejected_full"] += 1
             raise RegistryFull(f"registry holds max_nodes={self._config.max_nodes} nodes")
         for gone in replaced:
             del self._nodes[gone.node_id]
+            self._owners.pop(gone.node_id, None)
+        self._owners[node_id] = owner
         stored = dataclasses.replace(info, node_id=node_id)
         self._nodes[node_id] = NodeStatus(
             info=stored,
@@ -135,21 +154,27 @@ class Registry:
         self._counts["replacements"] += len(replaced)
         return Registration(node=stored, new=known is None, replaced=replaced)
 
-    def heartbeat(self, node_id: str, load: NodeLoad) -> bool:
-        """Record ``load`` and liveness; False when the id is unknown (the node must register)."""
+    def heartbeat(self, node_id: str, load: NodeLoad, owner: str = "") -> bool:
+        """Record ``load`` and liveness; False when the id is unknown (the node must register).
+        ``NotOwner`` when the id was registered from another certificate."""
         self.expire()
         status = self._nodes.get(node_id)
         if status is None:
             self._counts["unknown_heartbeats"] += 1
             return False
+        self._check_owner(node_id, owner)
         self._nodes[node_id] = dataclasses.replace(status, load=load, last_seen=self._clock())
         self._counts["heartbeats"] += 1
         return True
 
-    def deregister(self, node_id: str) -> bool:
-        """Remove a node that is leaving; False when it was not registered."""
+    def deregister(self, node_id: str, owner: str = "") -> bool:
+        """Remove a node that is leaving; False when it was not registered, ``NotOwner`` when it
+        was registered from another certificate."""
         self.expire()
+        if node_id in self._nodes:
+            self._check_owner(node_id, owner)
         removed = self._nodes.pop(node_id, None) is not None
+        self._owners.pop(node_id, None)
         self._counts["deregistrations"] += removed
         return removed
 
@@ -159,6 +184,7 @@ class Registry:
         gone = [status for status in self._nodes.values() if status.last_seen < cutoff]
         for status in gone:
             del self._nodes[status.info.node_id]
+            self._owners.pop(status.info.node_id, None)
             self._counts["expirations"] += 1
             if self._on_expire is not None:
                 self._on_expire(status)
@@ -187,6 +213,15 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._nodes)
+
+    def _check_owner(self, node_id: str, owner: str, what: str = "") -> None:
+        bound = self._owners.get(node_id, "")
+        if node_id in self._nodes and bound and bound != owner:
+            self._counts["refused_not_owner"] += 1
+            raise NotOwner(
+                f"{what}node {node_id!r} is registered from another certificate; it may be "
+                "registered, heartbeated or deregistered only from that one until it leaves"
+            )
 
     def _unused_id(self, role: Role) -> str:
         for _ in range(100):

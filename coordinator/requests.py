@@ -65,3 +65,7 @@ class Job:
     max_new_tokens: int  # 0: the edge's default
     edge_id: str = ""  # run on this edge; "" means the least busy
     pipelined: bool = False  # speculation must draft ahead; False: the edge's plan chooses
+    mode: Mode | None = None  # None: the edge plans the mode
+    k_policy: str = ""  # draft-length policy (node_runtime.kinds.KPolicy); "": the edge's
+    draft_length: int = 0  # starting k; 0: the edge's or its plan's
+    chat_json: str = ""  # a conversation the edge renders with its chat template, not `prompt`

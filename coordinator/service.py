@@ -32,6 +32,7 @@ from coordinator.convert import (
     plan_query_from_wire,
     plan_to_wire,
 )
+from coordinator.http import start_http
 from coordinator.jobs import Scheduler
 from coordinator.nodes import NodeInfo, NodeStatus, Snapshot
 from coordinator.policy import (
@@ -41,10 +42,11 @@ from coordinator.policy import (
     tokenizer_mismatch,
     why_none,
 )
-from coordinator.registry import CoordinatorConfig, Registry, RegistryFull
+from coordinator.registry import CoordinatorConfig, NotOwner, Registry, RegistryFull
 from coordinator.requests import NoPlan
 from coordinator.telemetry import TelemetryIntake
 from node_runtime.errors import Precondition
+from node_runtime.security import peer_node
 from node_runtime.serving import aio_server, bind, log_event, setup_logging, write_ready
 from node_runtime.telemetry import Reading
 from tandem_wire.v1 import tandem_pb2 as pb
@@ -63,6 +65,29 @@ async def _abort(
 
 async def _invalid(context: grpc.aio.ServicerContext, err: InvalidField) -> NoReturn:
     await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err))
+
+
+async def _denied(context: grpc.aio.ServicerContext, node_id: str, reason: str) -> NoReturn:
+    log_event(
+        log,
+        "identity_refused",
+        logging.WARNING,
+        node_id=node_id,
+        peer=context.peer(),
+        reason=reason,
+    )
+    await _abort(context, grpc.StatusCode.PERMISSION_DENIED, reason)
+
+
+async def _own_id(context: grpc.aio.ServicerContext, node_id: str) -> str:
+    """The caller's certificate fingerprint, after checking that a certificate naming a node is
+    used for that node only; PERMISSION_DENIED otherwise."""
+    named, owner = peer_node(context)
+    if named and node_id != named:
+        await _denied(
+            context, node_id, f"the caller's certificate names node {named!r}, not {node_id!r}"
+        )
+    return owner
 
 
 class CoordinatorServicer(pb_grpc.CoordinatorServicer):
@@ -99,8 +124,14 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             info = node_from_wire(request.node)
         except InvalidField as err:
             await _invalid(context, err)
+        named, _ = peer_node(context)
+        if named and not info.node_id:
+            info = dataclasses.replace(info, node_id=named)  # the certificate's id, not a new one
+        owner = await _own_id(context, info.node_id)
         try:
-            done = self.registry.register(info)
+            done = self.registry.register(info, owner)
+        except NotOwner as err:
+            await _denied(context, info.node_id, str(err))
         except RegistryFull as err:
             log_event(log, "node_rejected", logging.WARNING, address=info.address, reason=str(err))
             await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
@@ -136,7 +167,11 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             load = load_from_wire(request.load)
         except InvalidField as err:
             await _invalid(context, err)
-        known = self.registry.heartbeat(node_id, load)
+        owner = await _own_id(context, node_id)
+        try:
+            known = self.registry.heartbeat(node_id, load, owner)
+        except NotOwner as err:
+            await _denied(context, node_id, str(err))
         if not known:
             log_event(log, "heartbeat_from_unknown_node", node_id=node_id)
         return pb.HeartbeatReply(known=known)
@@ -149,7 +184,11 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             node_id = node_id_from_wire(request.node_id, "node_id")
         except InvalidField as err:
             await _invalid(context, err)
-        removed = self.registry.deregister(node_id)
+        owner = await _own_id(context, node_id)
+        try:
+            removed = self.registry.deregister(node_id, owner)
+        except NotOwner as err:
+            await _denied(context, node_id, str(err))
         if removed:
             self.telemetry.node_removed(node_id)
         log_event(log, "node_deregistered", node_id=node_id, removed=removed)
@@ -362,6 +401,7 @@ async def run_coordinator_async(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     coordinator, address = await serve(host, port, config)
+    http = await start_http(coordinator, address)  # the API, when configured, and /metrics
     try:
         if ready_file is not None:
             write_ready(ready_file, address)
@@ -375,6 +415,8 @@ async def run_coordinator_async(
         await stop.wait()
     finally:
         log_event(log, "coordinator_stopping", **coordinator.metrics())
+        if http is not None:
+            await http.stop()
         await coordinator.stop()
         if ready_file is not None:
             ready_file.unlink(missing_ok=True)  # a ready file means "listening now"

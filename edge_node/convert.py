@@ -24,6 +24,7 @@ from models.base import Tokenizer
 from models.reasoning.strategies import STRATEGIES
 from models.sampling import SamplingParams
 from node_runtime.kinds import KPolicy, Mode, Objective, QualityFloor
+from node_runtime.openai_api.templates import Chat, ChatTemplate
 from tandem_wire.v1 import tandem_pb2 as pb
 
 MAX_DELIMITER_CHARS = 16  # a step delimiter is one token; no token's text is longer
@@ -57,15 +58,31 @@ def _delimiter(value: str) -> str:
 
 
 def solve_from_wire(
-    r: pb.SolveRequest, tok: Tokenizer, max_len: int, limits: SolveLimits
+    r: pb.SolveRequest,
+    tok: Tokenizer,
+    max_len: int,
+    limits: SolveLimits,
+    template: ChatTemplate | None = None,
 ) -> SolveTask:
-    """A SolveRequest, checked and tokenized."""
-    if not r.prompt or len(r.prompt) > limits.max_prompt_chars:
+    """A SolveRequest, checked and tokenized; a conversation is rendered with ``template``."""
+    text, stop_ids = r.prompt, ()
+    if r.chat_json:
+        if r.prompt:
+            raise ValueError("prompt: must be empty when chat_json is set")
+        if template is None:
+            raise ValueError("chat_json: this node has no chat template")
+        chat = Chat.from_json(r.chat_json)
+        text = template.render(chat)
+        if chat.tools:  # a tool call ends the reply; single-token ends end it here, on the edge
+            stop_ids = _single_tokens(tok, template.tool_stops())
+    if not text or len(text) > limits.max_prompt_chars:
         raise ValueError(f"prompt: must be 1 to {limits.max_prompt_chars} characters")
     try:
-        prompt = [tok.bos_id, *tok.encode(r.prompt)]
+        ids = tok.encode(text)
     except ValueError as exc:
         raise ValueError(f"prompt: {exc}") from None
+    # a rendered template may open with the BOS token itself (ChatML's <|im_start|>)
+    prompt = ids if r.chat_json and ids[:1] == [tok.bos_id] else [tok.bos_id, *ids]
     if len(prompt) >= max_len - 1:
         raise ValueError(f"prompt: {len(prompt)} tokens leave no room in {max_len}")
     try:
@@ -91,7 +108,21 @@ def solve_from_wire(
         cost_weight=cost_weight,
         request_id=_request_id(r.request_id, limits.max_request_id_chars),
         pipelined=r.pipelined,
+        stop_ids=stop_ids,
     )
+
+
+def _single_tokens(tok: Tokenizer, texts: tuple[str, ...]) -> tuple[int, ...]:
+    """The ids of those ``texts`` that are one token of ``tok``."""
+    out = []
+    for text in texts:
+        try:
+            ids = tok.encode(text)
+        except ValueError:
+            continue
+        if len(ids) == 1:
+            out.append(ids[0])
+    return tuple(out)
 
 
 def solve_reply_to_wire(rid: str, result: SpecResult, tok: Tokenizer) -> pb.SolveReply:

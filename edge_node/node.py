@@ -12,6 +12,8 @@ from models.base import CausalLM, Tokenizer
 from models.fingerprint import fingerprint
 from node_runtime.emulation import EmulatedLM, emulate, emulation_values
 from node_runtime.lifecycle import run_node
+from node_runtime.openai_api.backend import EdgeBackend
+from node_runtime.openai_api.server import ApiConfig, ApiServer
 from node_runtime.serving import aio_server, bind, log_event
 from node_runtime.telemetry import Reading
 from tandem_wire.v1 import tandem_pb2 as pb
@@ -34,6 +36,9 @@ class EdgeNodeConfig:
     probe_period_s: float = 1.0  # how often the RTT to every cloud is measured
     device: str = "cpu"  # device profile to emulate and report (node_runtime.profiles); "cpu": none
     edge: EdgeConfig = field(default_factory=EdgeConfig)  # request defaults and limits
+    api: ApiConfig = field(default_factory=ApiConfig)  # OpenAI-compatible API and /metrics (HTTP)
+    # onnxruntime execution providers to try first (cuda, tensorrt, openvino, ...); CPU is last
+    onnx_providers: tuple[str, ...] = ()
 
 
 @dataclass
@@ -72,11 +77,22 @@ async def start_edge(lm: CausalLM, tok: Tokenizer, config: EdgeNodeConfig) -> Ed
 async def run_edge(config: EdgeNodeConfig, ready_file: Path | None = None) -> None:
     """Process entry: serve, probe the clouds, publish telemetry, register; stop on a signal."""
     from models.loader import load_lm
+    from models.providers import set_providers
 
+    set_providers(config.onnx_providers)
     lm, tok = load_lm(config.model)
     lm = emulate(lm, config.device)  # every call still runs; its wall time becomes the device's
     node = await start_edge(lm, tok, config)
     servicer = node.servicer
+    stop_node = node.stop
+    if config.api.port >= 0:  # an agent on the device talks to localhost
+        api = ApiServer(EdgeBackend(node.address, lm.name), config.api, servicer.metrics)
+        await api.start()
+
+        async def stop_node() -> None:
+            await api.stop()
+            await node.stop()
+
     servicer.stats.calibrate(lm, tok)
     node.servicer.clouds.start_probing(config.probe_period_s)
     info = pb.NodeInfo(
@@ -94,7 +110,7 @@ async def run_edge(config: EdgeNodeConfig, ready_file: Path | None = None) -> No
         config.coordinator,
         lambda: pb.NodeLoad(active_sessions=servicer.active),
         lambda: _with_emulation(servicer.stats.reading(servicer.active, servicer.clouds), lm),
-        node.stop,
+        stop_node,
         ready_file,
     )
 

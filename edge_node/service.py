@@ -26,6 +26,7 @@ from edge_node.convert import (
     solve_from_wire,
     solve_reply_to_wire,
 )
+from edge_node.prometheus import instrument, solve_figures
 from edge_node.reason_types import ReasonLimits
 from edge_node.reasoning import Reasoner
 from edge_node.solving import NoCloud, SolveDefaults, Solver
@@ -35,6 +36,9 @@ from models.base import CausalLM, Tokenizer
 from node_runtime.emulation import emulation_values
 from node_runtime.errors import Overloaded, Precondition
 from node_runtime.kinds import KPolicy, Mode
+from node_runtime.metrics import NodeMetrics
+from node_runtime.openai_api.templates import template_for
+from node_runtime.openai_api.text import IncrementalText
 from node_runtime.serving import log_event
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
@@ -91,6 +95,9 @@ class EdgeServicer(pb_grpc.EdgeServicer):
             self.reasoner = None
         self.admission = Admission(config.max_concurrent)
         self.stats = EdgeStats(lm.name)
+        self.template = template_for(tokenizer)  # renders chat requests (SolveRequest.chat_json)
+        self.metrics = NodeMetrics("edge", node_id)  # Prometheus, served at the API's /metrics
+        instrument(self.metrics, self)
 
     @property
     def active(self) -> int:
@@ -147,23 +154,28 @@ class EdgeServicer(pb_grpc.EdgeServicer):
         """Tokens as they are committed, then the reply as the last event."""
         queue: asyncio.Queue[list[int]] = asyncio.Queue()
         task = asyncio.ensure_future(self._guard(context, self._solve(request, queue.put_nowait)))
+        chat = self.template.name if request.chat_json else ""
+        text = IncrementalText(self.tok)
+        getter: asyncio.Future[list[int]] | None = None
         try:
             while not task.done() or not queue.empty():
                 getter = asyncio.ensure_future(queue.get())
                 await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
                 if getter.done():
                     tokens = getter.result()
-                    yield pb.SolveEvent(tokens=tokens, text=self.tok.decode(tokens))
+                    yield pb.SolveEvent(tokens=tokens, text=text.add(tokens), chat_template=chat)
                 else:
                     getter.cancel()
-            yield pb.SolveEvent(done=task.result())
+            yield pb.SolveEvent(done=task.result(), chat_template=chat)
         finally:
             task.cancel()  # the client went away: stop working for it
+            if getter is not None:
+                getter.cancel()
 
     async def _solve(
         self, request: pb.SolveRequest, on_tokens: Callable[[list[int]], None] | None
     ) -> pb.SolveReply:
-        task = solve_from_wire(request, self.tok, self.lm.max_len, self.config)
+        task = solve_from_wire(request, self.tok, self.lm.max_len, self.config, self.template)
         rid = task.request_id or uuid.uuid4().hex
         with self.admission.slot():
             t0 = time.perf_counter()
@@ -171,7 +183,10 @@ class EdgeServicer(pb_grpc.EdgeServicer):
                 result = await self.solver.solve(task, on_tokens)
             finally:
                 self.stats.counts["busy_s"] += time.perf_counter() - t0
-        self.stats.count(result, self.clouds.model_of(result.cloud_node) or result.cloud_node)
+        target = self.clouds.model_of(result.cloud_node) or result.cloud_node
+        self.stats.count(result, target)
+        figures = solve_figures(result, self.lm.name, target, len(task.prompt))
+        self.metrics.observe_generation(figures)
         log_event(
             log,
             "request_done",
@@ -182,7 +197,9 @@ class EdgeServicer(pb_grpc.EdgeServicer):
             plan_revisions=result.account.plan_revisions,
             wall_s=round(result.account.wall_s, 4),
         )
-        return solve_reply_to_wire(rid, result, self.tok)
+        reply = solve_reply_to_wire(rid, result, self.tok)
+        reply.account.prompt_tokens = len(task.prompt)
+        return reply
 
     async def ProposeSteps(
         self, request: pb.ProposeRequest, context: grpc.aio.ServicerContext
@@ -229,6 +246,10 @@ class EdgeServicer(pb_grpc.EdgeServicer):
         """The node's counters, with the emulated device's when ``--device`` names one."""
         values = self.stats.values(self.active)
         values.update(emulation_values(self.lm))
+        # per link and per pair, for `tandem status`: rtt_ms:<cloud>, acceptance:<drafter>-><target>
+        values.update({f"rtt_ms:{peer}": ms for peer, ms in self.clouds.rtt_ms.items()})
+        for (drafter, target), acc in self.stats.acceptance.items():
+            values[f"acceptance:{drafter}->{target}"] = acc.acceptance_rate
         return pb.MetricsReply(node_id=self.node_id, values=values)
 
     def close(self) -> None:

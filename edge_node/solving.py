@@ -79,6 +79,7 @@ class Solver:
             k_policy=policy,
             k_max=self.defaults.k_max,
             pipelined=decision.pipelined,  # the request's own, or its plan's choice
+            stop_ids=task.stop_ids,
         )
         hooks = Hooks(on_tokens=on_tokens, observe_rtt=self.clouds.observe_rtt)
         if decision.planned:
@@ -117,6 +118,8 @@ class Solver:
         tokens = await self.spec.compute(
             lambda: generate(self.lm, list(task.prompt), task.params, task.max_new, self.tok.eos_id)
         )
+        end = next((i + 1 for i, t in enumerate(tokens) if t in task.stop_ids), None)
+        tokens = tokens[:end] if end is not None else tokens
         wall = time.perf_counter() - t0
         acc = Account(len(tokens), wall_s=wall, edge_model_s=wall, ttft_s=wall)
         return SpecResult(tokens, acc, final_mode=Mode.EDGE_ONLY)

@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from models.base import CacheSession, check_feed
+from models.providers import CPU, choose, wanted
 
 if TYPE_CHECKING:  # only for the annotation; importing it at run time would pull in torch
     from models.quantize import QuantScheme
@@ -55,7 +56,8 @@ class OnnxShape:
 
 
 def inference_session(path: Path, threads: int = 1) -> ort.InferenceSession:
-    """A CPU session over one graph, with ``threads`` intra-op threads.
+    """A session over one graph, with ``threads`` intra-op threads, on the providers the node's
+    config asks for (``models.providers``), the CPU last.
 
     One thread by default: an edge shares its cores with the agent loop and the network, and a
     cloud node with its other models.
@@ -64,7 +66,13 @@ def inference_session(path: Path, threads: int = 1) -> ort.InferenceSession:
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    providers = choose(ort.get_available_providers(), wanted())
+    try:
+        return ort.InferenceSession(str(path), opts, providers=providers)
+    except Exception:  # a GPU provider that cannot start here: the CPU always can
+        if providers == [CPU]:
+            raise
+        return ort.InferenceSession(str(path), opts, providers=[CPU])
 
 
 def _causal_mask(past: int, new: int) -> np.ndarray:

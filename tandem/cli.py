@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +14,17 @@ from node_runtime.kinds import KPolicy
 
 # Modules that add their own subcommands: each has ``add_parser(subparsers)``, imports its heavy
 # dependencies inside its handlers, and sets ``func`` on its parsers.
-COMMAND_MODULES: tuple[str, ...] = ("simulations.link.cli",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "simulations.link.cli",
+    "simulations.fleet.cli",
+    "tandem.sim_validate",
+    "tandem.drafters_cli",
+    "tandem.security_cli",
+    "tandem.bench_moe",
+    "tandem.cli_serve",
+    "tandem.cli_cluster",
+    "tandem.bench_api",
+)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -25,6 +35,10 @@ def _train(args: argparse.Namespace) -> int:
     from models.train import PRESETS, train
 
     torch.set_num_threads(args.threads)
+    if args.model == "moe":  # the MoE target trains in its own loop (load balancing)
+        from models.moe.train import train_cli
+
+        return train_cli(args.seed, args.out)
     names = list(PRESETS) if args.model == "all" else [args.model]
     for name in names:
         cfg = dataclasses.replace(PRESETS[name], seed=args.seed)
@@ -42,7 +56,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    if args.checkpoint == "prm" or _is_prm(Path(args.checkpoint)):
+    if args.checkpoint.startswith("hf:") or args.checkpoint.endswith(".gguf"):
+        from models.llama_onnx import export_llama
+
+        path = export_llama(args.checkpoint.removeprefix("hf:"), int8=not args.fp32)
+    elif args.checkpoint == "prm" or _is_prm(Path(args.checkpoint)):
         import torch
 
         from models.reasoning.prm import export_prm_onnx, load_prm
@@ -69,52 +87,6 @@ def _is_prm(directory: Path) -> bool:
         return "head.weight" in f.keys()
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from node_runtime.serving import setup_logging
-
-    ready = Path(args.ready_file) if args.ready_file else None
-    if args.role == "coordinator":
-        from coordinator.service import run_coordinator
-
-        run_coordinator(args.host, args.port, ready, log_level=args.log_level)
-        return 0
-    setup_logging(args.log_level)
-    if args.role == "cloud":
-        from cloud_node.engine import EngineConfig
-        from cloud_node.node import CloudConfig, run_cloud
-
-        cfg = CloudConfig(
-            model=args.model or "target",
-            host=args.host,
-            port=args.port,
-            node_id=args.node_id,
-            coordinator=args.coordinator,
-            torch_threads=args.threads,
-            device=args.device,
-            engine=EngineConfig(
-                max_batch=args.max_batch,
-                max_wait_ms=args.max_wait_ms,
-                generate_batch=args.generate_batch,
-            ),
-        )
-        asyncio.run(run_cloud(cfg, ready))
-        return 0
-    from edge_node.node import EdgeNodeConfig, run_edge
-
-    ecfg = EdgeNodeConfig(
-        model=args.model or "drafter-int8",
-        host=args.host,
-        port=args.port,
-        node_id=args.node_id,
-        coordinator=args.coordinator,
-        clouds=tuple(args.cloud),
-        routes=tuple(_route(r) for r in args.route),
-        device=args.device,
-    )
-    asyncio.run(run_edge(ecfg, ready))
-    return 0
-
-
 def _profiles(args: argparse.Namespace) -> int:
     from node_runtime.profiles import describe, get_profile, sources
 
@@ -127,13 +99,6 @@ def _profiles(args: argparse.Namespace) -> int:
         for line in sources(p):
             print(f"  {line}")
     return 0
-
-
-def _route(text: str) -> tuple[str, str]:
-    real, sep, via = text.partition("=")
-    if not sep or not real or not via:
-        raise ValueError(f"--route takes CLOUD_ADDRESS=ADDRESS_TO_DIAL, got {text!r}")
-    return real, via
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -204,10 +169,18 @@ def _bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands."""
     p = argparse.ArgumentParser(prog="tandem", description=__doc__)
+    p.add_argument(
+        "--security",
+        choices=["auto", "tls", "plaintext"],
+        default=None,
+        help="node-to-node security for this command and every process it starts (default: "
+        "$TANDEM_SECURITY, else auto: mTLS, token and CURVE, keys made on first use; plaintext "
+        "only when asked for)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train the bundled target and drafter from a seed")
-    t.add_argument("model", choices=["target", "drafter", "all"], nargs="?", default="all")
+    t.add_argument("model", choices=["target", "drafter", "moe", "all"], nargs="?", default="all")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default="", help="folder for checkpoints (default: the bundled ones)")
     t.add_argument(
@@ -222,32 +195,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", nargs="?", default="drafter")
     e.add_argument("--fp32", action="store_true", help="skip int8 quantization")
     e.set_defaults(fn=_export)
-
-    s = sub.add_parser("serve", help="run one node")
-    s.add_argument("role", choices=["coordinator", "cloud", "edge"])
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=0)
-    s.add_argument("--model", default="", help="model spec: target, drafter-int8, hf:PATH, ...")
-    s.add_argument("--node-id", default="")
-    s.add_argument("--coordinator", default="", help="coordinator host:port")
-    s.add_argument("--cloud", action="append", default=[], help="fixed cloud host:port (edge)")
-    s.add_argument(
-        "--route", action="append", default=[], help="edge: CLOUD=VIA dials VIA for CLOUD's address"
-    )
-    s.add_argument("--threads", type=int, default=1, help="torch threads (cloud)")
-    s.add_argument("--max-batch", type=int, default=16, help="verify rounds per pass (cloud)")
-    s.add_argument("--max-wait-ms", type=float, default=0.0, help="batch fill wait (cloud)")
-    s.add_argument(
-        "--generate-batch", type=int, default=16, help="generations per pass at most (cloud)"
-    )
-    s.add_argument("--ready-file", default="", help="write {address, pid} here once listening")
-    s.add_argument("--log-level", default="info")
-    s.add_argument(
-        "--device",
-        default="cpu",
-        help="emulate a device profile (see `tandem profiles`): real calls padded to its time",
-    )
-    s.set_defaults(fn=_serve)
 
     pr = sub.add_parser("profiles", help="device profiles: costs per call kind, with sources")
     pr.add_argument("name", nargs="*", help="profiles to show with every figure's source")
@@ -311,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tandem`` script."""
     args = build_parser().parse_args(argv)
+    if args.security:  # the environment carries it to the processes this command starts
+        os.environ["TANDEM_SECURITY"] = args.security
+        from node_runtime.security import set_default
+
+        set_default(None)  # this process reads it again too
     try:
         fn = getattr(args, "fn", None) or args.func  # the link subcommands set func
         return int(fn(args) or 0)

@@ -36,7 +36,16 @@ def test_regenerating_the_wire_code_changes_nothing(tmp_path: Path) -> None:
 # library must be on its package's list. A new dependency is a decision, made here, in review.
 WIRE = {"google", "grpc", "numpy", "msgpack", "tandem_wire"}
 MODELS = {"models", "numpy", "torch", "onnxruntime", "onnx", "safetensors", "transformers", "tqdm"}
-RUNTIME = WIRE | {"node_runtime", "zmq"}
+# The exported real drafters' tokenizer.json is read by `tokenizers` (Rust, no torch) on the edge.
+MODELS |= {"tokenizers"}
+# cryptography: certificates for mTLS; grpc_reflection: optional, imported in dev mode only
+RUNTIME = WIRE | {"node_runtime", "zmq", "cryptography", "grpc_reflection"}
+# HTTP for people and agent frameworks: the OpenAI-compatible API and Prometheus /metrics
+RUNTIME |= {"aiohttp", "prometheus_client"}
+# a checkpoint's chat template rendered without transformers (imported only when one is used)
+RUNTIME |= {"jinja2"}
+# TOML settings files on Python 3.10 (tomllib's backport)
+RUNTIME |= {"tomli"}
 NODE = RUNTIME | {"models", "grpc_health"}
 ALLOWED: dict[str, set[str]] = {
     "tandem_wire": WIRE,
@@ -45,14 +54,15 @@ ALLOWED: dict[str, set[str]] = {
     "edge_node": NODE | {"edge_node"},
     "cloud_node": NODE | {"cloud_node", "torch"},
     "coordinator": RUNTIME | {"coordinator", "grpc_health"},
-    "simulations": NODE | {"coordinator", "simulations"},
+    # the fleet simulator: SimPy, its progress bar and plots, and Ray (an optional extra)
+    "simulations": NODE | {"coordinator", "simulations", "simpy", "tqdm", "matplotlib", "ray"},
 }
 # Single modules a package may import beyond its list, named exactly: the coordinator's cost
 # model shares the pure, torch-free formulas of models.metrics and nothing else of models.
 MODULE_EXCEPTIONS: dict[str, set[str]] = {"coordinator": {"models.metrics"}}
 # The node runtime sees only models' torch-free protocols; the edge runs without torch.
 TORCH_FREE = ("node_runtime", "edge_node")
-TORCH_FREE_MODULES = ("models.metrics",)
+TORCH_FREE_MODULES = ("models.metrics", "models.onnx_lm", "models.uad", "models.loader")
 LOCATIONS = {"tandem_wire": PROTO / "tandem_wire"}
 
 

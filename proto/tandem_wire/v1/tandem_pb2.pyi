@@ -236,7 +236,7 @@ class PlanReply(_message.Message):
     def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., draft_length: _Optional[int] = ..., cloud: _Optional[_Union[NodeInfo, _Mapping]] = ..., predicted_latency_s: _Optional[float] = ..., predicted_cloud_cpu_s: _Optional[float] = ..., reason: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., pipelined: _Optional[bool] = ...) -> None: ...
 
 class JobRequest(_message.Message):
-    __slots__ = ("job_id", "prompt", "sampling", "objective", "quality_floor", "cost_weight", "deadline_s", "max_new_tokens", "edge_id", "pipelined")
+    __slots__ = ("job_id", "prompt", "sampling", "objective", "quality_floor", "cost_weight", "deadline_s", "max_new_tokens", "edge_id", "pipelined", "mode", "k_policy", "draft_length", "chat_json")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
@@ -247,6 +247,10 @@ class JobRequest(_message.Message):
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     EDGE_ID_FIELD_NUMBER: _ClassVar[int]
     PIPELINED_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    K_POLICY_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    CHAT_JSON_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     prompt: str
     sampling: Sampling
@@ -257,7 +261,11 @@ class JobRequest(_message.Message):
     max_new_tokens: int
     edge_id: str
     pipelined: bool
-    def __init__(self, job_id: _Optional[str] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., objective: _Optional[_Union[Objective, str]] = ..., quality_floor: _Optional[_Union[QualityFloor, str]] = ..., cost_weight: _Optional[float] = ..., deadline_s: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., edge_id: _Optional[str] = ..., pipelined: _Optional[bool] = ...) -> None: ...
+    mode: Mode
+    k_policy: str
+    draft_length: int
+    chat_json: str
+    def __init__(self, job_id: _Optional[str] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., objective: _Optional[_Union[Objective, str]] = ..., quality_floor: _Optional[_Union[QualityFloor, str]] = ..., cost_weight: _Optional[float] = ..., deadline_s: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., edge_id: _Optional[str] = ..., pipelined: _Optional[bool] = ..., mode: _Optional[_Union[Mode, str]] = ..., k_policy: _Optional[str] = ..., draft_length: _Optional[int] = ..., chat_json: _Optional[str] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("planned", "progress", "done")
@@ -507,7 +515,7 @@ class StepReply(_message.Message):
     def __init__(self, step: _Optional[_Union[StepDraftMsg, _Mapping]] = ..., model_ms: _Optional[float] = ..., draft_accepted: _Optional[int] = ...) -> None: ...
 
 class SolveRequest(_message.Message):
-    __slots__ = ("request_id", "prompt", "sampling", "mode", "max_new_tokens", "draft_length", "k_policy", "objective", "quality_floor", "cost_weight", "pipelined")
+    __slots__ = ("request_id", "prompt", "sampling", "mode", "max_new_tokens", "draft_length", "k_policy", "objective", "quality_floor", "cost_weight", "pipelined", "chat_json")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
@@ -519,6 +527,7 @@ class SolveRequest(_message.Message):
     QUALITY_FLOOR_FIELD_NUMBER: _ClassVar[int]
     COST_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     PIPELINED_FIELD_NUMBER: _ClassVar[int]
+    CHAT_JSON_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt: str
     sampling: Sampling
@@ -530,10 +539,11 @@ class SolveRequest(_message.Message):
     quality_floor: QualityFloor
     cost_weight: float
     pipelined: bool
-    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., mode: _Optional[_Union[Mode, str]] = ..., max_new_tokens: _Optional[int] = ..., draft_length: _Optional[int] = ..., k_policy: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., quality_floor: _Optional[_Union[QualityFloor, str]] = ..., cost_weight: _Optional[float] = ..., pipelined: _Optional[bool] = ...) -> None: ...
+    chat_json: str
+    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., mode: _Optional[_Union[Mode, str]] = ..., max_new_tokens: _Optional[int] = ..., draft_length: _Optional[int] = ..., k_policy: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., quality_floor: _Optional[_Union[QualityFloor, str]] = ..., cost_weight: _Optional[float] = ..., pipelined: _Optional[bool] = ..., chat_json: _Optional[str] = ...) -> None: ...
 
 class Account(_message.Message):
-    __slots__ = ("generated_tokens", "drafted_tokens", "accepted_tokens", "verify_rounds", "wall_s", "cloud_model_cpu_s", "edge_model_s", "bytes_sent", "bytes_received", "ttft_s", "ahead_rounds", "pipelined_rounds", "wasted_draft_tokens")
+    __slots__ = ("generated_tokens", "drafted_tokens", "accepted_tokens", "verify_rounds", "wall_s", "cloud_model_cpu_s", "edge_model_s", "bytes_sent", "bytes_received", "ttft_s", "ahead_rounds", "pipelined_rounds", "wasted_draft_tokens", "prompt_tokens")
     GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DRAFTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -547,6 +557,7 @@ class Account(_message.Message):
     AHEAD_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     PIPELINED_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     WASTED_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     generated_tokens: int
     drafted_tokens: int
     accepted_tokens: int
@@ -560,7 +571,8 @@ class Account(_message.Message):
     ahead_rounds: int
     pipelined_rounds: int
     wasted_draft_tokens: int
-    def __init__(self, generated_tokens: _Optional[int] = ..., drafted_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., verify_rounds: _Optional[int] = ..., wall_s: _Optional[float] = ..., cloud_model_cpu_s: _Optional[float] = ..., edge_model_s: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., ttft_s: _Optional[float] = ..., ahead_rounds: _Optional[int] = ..., pipelined_rounds: _Optional[int] = ..., wasted_draft_tokens: _Optional[int] = ...) -> None: ...
+    prompt_tokens: int
+    def __init__(self, generated_tokens: _Optional[int] = ..., drafted_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., verify_rounds: _Optional[int] = ..., wall_s: _Optional[float] = ..., cloud_model_cpu_s: _Optional[float] = ..., edge_model_s: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., ttft_s: _Optional[float] = ..., ahead_rounds: _Optional[int] = ..., pipelined_rounds: _Optional[int] = ..., wasted_draft_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class SolveReply(_message.Message):
     __slots__ = ("request_id", "text", "tokens", "mode", "degraded", "cloud_node", "account", "note")
@@ -583,16 +595,18 @@ class SolveReply(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., tokens: _Optional[_Iterable[int]] = ..., mode: _Optional[_Union[Mode, str]] = ..., degraded: _Optional[bool] = ..., cloud_node: _Optional[str] = ..., account: _Optional[_Union[Account, _Mapping]] = ..., note: _Optional[str] = ...) -> None: ...
 
 class SolveEvent(_message.Message):
-    __slots__ = ("tokens", "text", "mode", "done")
+    __slots__ = ("tokens", "text", "mode", "done", "chat_template")
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     tokens: _containers.RepeatedScalarFieldContainer[int]
     text: str
     mode: Mode
     done: SolveReply
-    def __init__(self, tokens: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., mode: _Optional[_Union[Mode, str]] = ..., done: _Optional[_Union[SolveReply, _Mapping]] = ...) -> None: ...
+    chat_template: str
+    def __init__(self, tokens: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., mode: _Optional[_Union[Mode, str]] = ..., done: _Optional[_Union[SolveReply, _Mapping]] = ..., chat_template: _Optional[str] = ...) -> None: ...
 
 class ProposeRequest(_message.Message):
     __slots__ = ("question", "prefixes", "n", "temperature", "seed", "max_tokens", "delimiter")
@@ -695,3 +709,85 @@ class ReasonReply(_message.Message):
     text: str
     account: ReasonAccount
     def __init__(self, request_id: _Optional[str] = ..., answer: _Optional[str] = ..., steps: _Optional[_Iterable[str]] = ..., text: _Optional[str] = ..., account: _Optional[_Union[ReasonAccount, _Mapping]] = ...) -> None: ...
+
+class ExpertId(_message.Message):
+    __slots__ = ("layer", "expert")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    EXPERT_FIELD_NUMBER: _ClassVar[int]
+    layer: int
+    expert: int
+    def __init__(self, layer: _Optional[int] = ..., expert: _Optional[int] = ...) -> None: ...
+
+class ExpertManifestRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ExpertManifest(_message.Message):
+    __slots__ = ("model", "layout", "n_layers", "n_experts", "d_model", "expert_bytes", "max_chunk_bytes", "max_rows")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    N_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    N_EXPERTS_FIELD_NUMBER: _ClassVar[int]
+    D_MODEL_FIELD_NUMBER: _ClassVar[int]
+    EXPERT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROWS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    layout: str
+    n_layers: int
+    n_experts: int
+    d_model: int
+    expert_bytes: int
+    max_chunk_bytes: int
+    max_rows: int
+    def __init__(self, model: _Optional[str] = ..., layout: _Optional[str] = ..., n_layers: _Optional[int] = ..., n_experts: _Optional[int] = ..., d_model: _Optional[int] = ..., expert_bytes: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ..., max_rows: _Optional[int] = ...) -> None: ...
+
+class FetchExpertRequest(_message.Message):
+    __slots__ = ("id", "int8")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    INT8_FIELD_NUMBER: _ClassVar[int]
+    id: ExpertId
+    int8: bool
+    def __init__(self, id: _Optional[_Union[ExpertId, _Mapping]] = ..., int8: _Optional[bool] = ...) -> None: ...
+
+class ExpertChunk(_message.Message):
+    __slots__ = ("part", "dtype", "shape", "offset", "total_bytes", "data")
+    PART_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    part: str
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    offset: int
+    total_bytes: int
+    data: bytes
+    def __init__(self, part: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., total_bytes: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ExpertRowsMsg(_message.Message):
+    __slots__ = ("expert", "rows", "data")
+    EXPERT_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    expert: int
+    rows: int
+    data: bytes
+    def __init__(self, expert: _Optional[int] = ..., rows: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ComputeExpertsRequest(_message.Message):
+    __slots__ = ("layer", "inputs")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    layer: int
+    inputs: _containers.RepeatedCompositeFieldContainer[ExpertRowsMsg]
+    def __init__(self, layer: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[ExpertRowsMsg, _Mapping]]] = ...) -> None: ...
+
+class ComputeExpertsReply(_message.Message):
+    __slots__ = ("outputs", "compute_ms")
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    outputs: _containers.RepeatedCompositeFieldContainer[ExpertRowsMsg]
+    compute_ms: float
+    def __init__(self, outputs: _Optional[_Iterable[_Union[ExpertRowsMsg, _Mapping]]] = ..., compute_ms: _Optional[float] = ...) -> None: ...

@@ -845,3 +845,164 @@ class Edge:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ExpertsStub:
+    """The cloud as expert store and expert server for edges that run a MoE with offloaded experts.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Manifest = channel.unary_unary(
+                '/tandem_wire.v1.Experts/Manifest',
+                request_serializer=tandem__wire_dot_v1_dot_tandem__pb2.ExpertManifestRequest.SerializeToString,
+                response_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.ExpertManifest.FromString,
+                _registered_method=True)
+        self.FetchExpert = channel.unary_stream(
+                '/tandem_wire.v1.Experts/FetchExpert',
+                request_serializer=tandem__wire_dot_v1_dot_tandem__pb2.FetchExpertRequest.SerializeToString,
+                response_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.ExpertChunk.FromString,
+                _registered_method=True)
+        self.ComputeExperts = channel.unary_unary(
+                '/tandem_wire.v1.Experts/ComputeExperts',
+                request_serializer=tandem__wire_dot_v1_dot_tandem__pb2.ComputeExpertsRequest.SerializeToString,
+                response_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.ComputeExpertsReply.FromString,
+                _registered_method=True)
+
+
+class ExpertsServicer:
+    """The cloud as expert store and expert server for edges that run a MoE with offloaded experts.
+    """
+
+    def Manifest(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchExpert(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ComputeExperts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ExpertsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Manifest': grpc.unary_unary_rpc_method_handler(
+                    servicer.Manifest,
+                    request_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.ExpertManifestRequest.FromString,
+                    response_serializer=tandem__wire_dot_v1_dot_tandem__pb2.ExpertManifest.SerializeToString,
+            ),
+            'FetchExpert': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchExpert,
+                    request_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.FetchExpertRequest.FromString,
+                    response_serializer=tandem__wire_dot_v1_dot_tandem__pb2.ExpertChunk.SerializeToString,
+            ),
+            'ComputeExperts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ComputeExperts,
+                    request_deserializer=tandem__wire_dot_v1_dot_tandem__pb2.ComputeExpertsRequest.FromString,
+                    response_serializer=tandem__wire_dot_v1_dot_tandem__pb2.ComputeExpertsReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'tandem_wire.v1.Experts', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('tandem_wire.v1.Experts', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Experts:
+    """The cloud as expert store and expert server for edges that run a MoE with offloaded experts.
+    """
+
+    @staticmethod
+    def Manifest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem_wire.v1.Experts/Manifest',
+            tandem__wire_dot_v1_dot_tandem__pb2.ExpertManifestRequest.SerializeToString,
+            tandem__wire_dot_v1_dot_tandem__pb2.ExpertManifest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchExpert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tandem_wire.v1.Experts/FetchExpert',
+            tandem__wire_dot_v1_dot_tandem__pb2.FetchExpertRequest.SerializeToString,
+            tandem__wire_dot_v1_dot_tandem__pb2.ExpertChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ComputeExperts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem_wire.v1.Experts/ComputeExperts',
+            tandem__wire_dot_v1_dot_tandem__pb2.ComputeExpertsRequest.SerializeToString,
+            tandem__wire_dot_v1_dot_tandem__pb2.ComputeExpertsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
