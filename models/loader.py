@@ -2,7 +2,8 @@
 
 Specs:
 - ``torch:NAME_OR_DIR``  a safetensors checkpoint (bundled name or directory), torch fp32;
-- ``onnx:NAME_OR_FILE``  a bundled name or directory (its int8 graph) or a .onnx file;
+- ``onnx:NAME_OR_FILE``  a bundled name or directory (its int8 graph) or a .onnx file; a directory
+  written by ``tandem export-onnx hf:...`` (or a graph in one) loads with its own tokenizer;
 - ``hf:DIR_OR_GGUF``     a local transformers directory or .gguf file;
 - a bare bundled name: ``target``, ``drafter`` (torch) or ``NAME-int8`` such as ``drafter-int8``
   (the ONNX int8 export of NAME).
@@ -40,6 +41,10 @@ def _load_torch(target: str) -> tuple[CausalLM, Tokenizer]:
 
 def _load_onnx(target: str) -> tuple[CausalLM, Tokenizer]:
     from models.onnx_backend import load_onnx
+    from models.onnx_lm import is_export_dir, load_export
+
+    if is_export_dir(target):
+        return load_export(target)
 
     lm = load_onnx(target, int8=True)
     return lm, _task_tokenizer(lm)

@@ -18,6 +18,8 @@ from tqdm import tqdm
 
 from models import task
 from models.metrics import acceptance_rate, mean_accepted_length
+from models.onnx_lm import is_export_dir
+from models.prompts import dialogue, load_prompts
 from node_runtime.kinds import Mode
 from node_runtime.profiles import get_profile
 from node_runtime.serving import aio_channel
@@ -36,16 +38,7 @@ MODES |= {"pipelined": pb.MODE_TOKEN_SPECULATION, "planned": pb.MODE_UNSPECIFIED
 PLAIN_MODES = ("cloud-only", "edge-only", "speculation")  # what `tandem demo` runs by default
 # Asked when a model is a real checkpoint (hf:...): its tokenizer has no use for the synthetic
 # task's questions, and its answers to them would mean nothing.
-TEXT_PROMPTS = (
-    "The three primary colors are",
-    "To boil an egg, first",
-    "A Raspberry Pi is a small computer that",
-    "The speed of light is",
-    "Write one sentence about why the sky is blue.",
-    "List three uses of a hash function.",
-    "The capital of France is",
-    "Explain in one sentence what a compiler does.",
-)
+TEXT_PROMPTS = tuple(dialogue(p) for p in load_prompts())  # the bundled set (models.prompts)
 
 
 @dataclass(frozen=True)
@@ -69,7 +62,7 @@ class DemoConfig:
     @property
     def bundled(self) -> bool:
         """Both models are the bundled task models (or their exports), not real checkpoints."""
-        return not (self.target.startswith("hf:") or self.drafter.startswith("hf:"))
+        return not any(_real_checkpoint(s) for s in (self.target, self.drafter))
 
     @property
     def emulated(self) -> bool:
@@ -253,6 +246,11 @@ def _infeasible(cloud: str, edges: list[str]) -> dict[str, float]:
         return out
 
     return asyncio.run(ask())
+
+
+def _real_checkpoint(spec: str) -> bool:
+    """hf:..., or an onnx: export of a real checkpoint (with its own tokenizer)."""
+    return spec.startswith("hf:") or (spec.startswith("onnx:") and is_export_dir(spec[5:]))
 
 
 def _prompts(cfg: DemoConfig) -> list[tuple[str, task.Problem | None]]:
