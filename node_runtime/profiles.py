@@ -370,6 +370,36 @@ _EDGE = (
 PROFILES: dict[str, Profile] = {p.name: p for p in (*_EDGE, *_CLOUD)}
 """Every profile by name."""
 
+# MoE models on edge devices, for expert-offloading replays (``tandem bench moe``). Kept out of
+# PROFILES, whose edge entries are drafters the planner and the simulator choose among.
+_EDGE_MOE = (
+    # Mixtral 8x7B at 4 bits on a Jetson AGX Orin 64GB, whose memory holds it whole; decode
+    # reads the 2 routed experts of 8 and the dense part, which the roofline's full weight read
+    # overstates (an upper bound).
+    Profile(
+        name="orin-agx/mixtral-8x7b-q4",
+        device="Jetson AGX Orin 64GB (GPU)",
+        model="Mixtral 8x7B 4-bit (4.5 bits a weight with group scales)",
+        role="edge",
+        chips=1,
+        params_b=Cited(
+            46.7, "Mistral AI, Mixtral of Experts (arXiv 2401.04088): 46.7B, 12.9B active"
+        ),
+        weights_gb=Cited(26.27, _d("46.7B x 4.5 bits")),
+        kv_kb_per_token=Cited(131.072, _d("2 (K,V) x 32 layers x 8 KV heads x 128 x 2 bytes")),
+        layers=32,
+        d_model=4096,
+        bandwidth_gbs=Cited(204.8, "NVIDIA Jetson AGX Orin series datasheet: 204.8 GB/s LPDDR5"),
+        tflops=Cited(_ORIN_TF.value, _ORIN_TF.source + " (the Nano's; a floor for the AGX)"),
+        overhead_ms=Cited(5.6, _d(f"the Orin Nano's per-step overhead ({JETSON_LAB})")),
+        memory_gb=Cited(64.0, "NVIDIA Jetson AGX Orin series datasheet: 64 GB LPDDR5"),
+        power_w=Cited(60.0, "NVIDIA Jetson AGX Orin series datasheet: 15-60 W modes"),
+        usd_per_hour=None,
+    ),
+)
+MOE_PROFILES: dict[str, Profile] = {p.name: p for p in _EDGE_MOE}
+"""MoE-on-edge profiles by name."""
+
 
 def get_profile(name: str) -> Profile:
     """The profile ``name`` names; ValueError listing the known names otherwise."""
