@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -111,20 +112,35 @@ def accuracy(module: TinyLM, problems: list[task.Problem]) -> float:
     return sum(task.is_correct(p, t) for p, t in zip(problems, texts, strict=True)) / len(problems)
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """What differs between the networks one loop trains: how to build one, an extra loss term,
+    how to save it. The dense default is ``TinyLM`` with nothing added."""
+
+    build: Callable[[Any], torch.nn.Module] = TinyLM  # the network, from ``cfg.model``
+    extra_loss: Callable[[Any], torch.Tensor] | None = None  # added to the masked task loss
+    save: Callable[[Any, Path], Any] = save_checkpoint  # writes the trained network
+
+
 def train(
-    cfg: TrainConfig,
+    cfg: Any,
     out_dir: Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    recipe: Recipe = Recipe(),
 ) -> TrainReport:
-    """Train, evaluate on held-out problems as it goes, save the checkpoint, report."""
+    """Train, evaluate on held-out problems as it goes, save the checkpoint, report.
+
+    ``cfg`` is a ``TrainConfig`` or a config with the same fields (the MoE's); ``recipe`` says
+    what network it trains (``models.moe.train`` passes the MoE's)."""
     torch.manual_seed(cfg.seed)
     rng = random.Random(task.TRAIN_SEED * 1_000_003 + cfg.seed)
     tok = task.WordTokenizer()
     heldout = task.generate(cfg.eval_problems, task.HELDOUT_SEED)
-    module = TinyLM(cfg.model)
+    module: Any = recipe.build(cfg.model)
     opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = max(1, cfg.steps // 50)
+    stop_below = getattr(cfg, "stop_below", None)
 
     def lr_at(step: int) -> float:
         if step < warmup:
@@ -141,6 +157,8 @@ def train(
         logits = module.train_logits(ids[:, :-1])
         loss_all = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
         loss = (loss_all * mask).sum() / mask.sum()
+        if recipe.extra_loss is not None:
+            loss = loss + recipe.extra_loss(module)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
@@ -153,8 +171,8 @@ def train(
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.3f}")
             log(f"event=eval model={cfg.name} step={step + 1} loss={loss.item():.4f} acc={acc:.4f}")
             hit = cfg.stop_at_accuracy is not None and acc >= cfg.stop_at_accuracy
-            if hit and (cfg.stop_below is None or acc < cfg.stop_below):
+            if hit and (stop_below is None or acc < stop_below):
                 break
     bar.close()
-    save_checkpoint(module.eval(), out_dir or CHECKPOINT_DIR / cfg.name)
+    recipe.save(module.eval(), out_dir or CHECKPOINT_DIR / cfg.name)
     return TrainReport(cfg.name, step + 1, time.perf_counter() - start, acc, history)

@@ -7,22 +7,14 @@ would leave nothing to offload.
 
 from __future__ import annotations
 
-import math
-import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from torch.nn import functional as F
-from tqdm import tqdm
-
 from models import task
 from models.moe.config import MoEConfig
 from models.moe.model import MOE_CHECKPOINT, MoELM, save_moe
-from models.torch_backend import CHECKPOINT_DIR
-from models.train import TrainReport, accuracy, make_batch
+from models.train import Recipe, TrainReport, train
 
 
 @dataclass(frozen=True)
@@ -55,44 +47,14 @@ def train_moe(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> TrainReport:
-    """Train, evaluate on held-out problems as it goes, save the checkpoint, report."""
-    torch.manual_seed(cfg.seed)
-    rng = random.Random(task.TRAIN_SEED * 1_000_003 + cfg.seed)
-    tok = task.WordTokenizer()
-    heldout = task.generate(cfg.eval_problems, task.HELDOUT_SEED)
-    module = MoELM(cfg.model)
-    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    warmup = max(1, cfg.steps // 50)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return cfg.lr * (step + 1) / warmup
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (cfg.steps - warmup)))
-
-    start, history, acc, step = time.perf_counter(), [], 0.0, 0
-    bar = tqdm(range(cfg.steps), desc=f"train {cfg.name}", disable=not progress)
-    for step in bar:
-        module.train()
-        ids, mask = make_batch(tok, task.generate(cfg.batch, rng.randrange(2**31)))
-        logits = module.train_logits(ids[:, :-1])
-        ce = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-        loss = (ce * mask).sum() / mask.sum() + cfg.balance * module.aux_loss()
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-        opt.step()
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            acc = accuracy(module, heldout)  # type: ignore[arg-type]
-            history.append((step + 1, acc))
-            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.3f}")
-            log(f"event=eval model={cfg.name} step={step + 1} loss={loss.item():.4f} acc={acc:.4f}")
-            if cfg.stop_at_accuracy is not None and acc >= cfg.stop_at_accuracy:
-                break
-    bar.close()
-    save_moe(module.eval(), out_dir or CHECKPOINT_DIR / cfg.name)
-    return TrainReport(cfg.name, step + 1, time.perf_counter() - start, acc, history)
+    """Train, evaluate on held-out problems as it goes, save the checkpoint, report: the dense
+    loop (``models.train.train``) on the MoE, with its load-balancing loss."""
+    recipe = Recipe(
+        build=MoELM,
+        extra_loss=lambda module: cfg.balance * module.aux_loss(),
+        save=save_moe,
+    )
+    return train(cfg, out_dir, progress, log, recipe)
 
 
 def train_cli(seed: int, out: str) -> int:
