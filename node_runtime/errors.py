@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from node_runtime.serving import log_event
 
@@ -38,6 +39,7 @@ _BY_TYPE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
+    (DecodeError, grpc.StatusCode.INVALID_ARGUMENT),  # a corrupt message inside a stream
 )
 
 
@@ -61,8 +63,44 @@ def status_of(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
 _PASS = (grpc.aio.AbortError, asyncio.CancelledError)
 
 
+class _Malformed:
+    """A request whose bytes did not parse: the handler answers INVALID_ARGUMENT, where gRPC
+    itself would answer UNKNOWN."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError as exc:
+            return _Malformed(str(exc))
+
+    return parse
+
+
+def _client_left(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the call was cancelled: by its client, or the task serving it was cancelled."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)  # Python >= 3.11
+    return context.cancelled() or context.done() or bool(cancelling and cancelling())
+
+
+async def _refuse_malformed(request: Any, context: grpc.aio.ServicerContext) -> None:
+    if isinstance(request, _Malformed):
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.reason}"
+        )
+
+
 def _wrap_unary(fn: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await _refuse_malformed(request, context)
         try:
             return await fn(request, context)
         except _PASS:
@@ -78,12 +116,15 @@ def _wrap_stream(fn: Callable[..., Any], method: str) -> Callable[..., Any]:
         return _wrap_unary(fn, method)
 
     async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await _refuse_malformed(request, context)
         try:
             async for item in fn(request, context):
                 yield item
         except _PASS:
             raise
         except Exception as exc:  # noqa: BLE001
+            if _client_left(context):  # no one to answer, nothing to log
+                return
             await context.abort(*status_of(exc, method))
 
     return call
@@ -105,9 +146,10 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
         }
+        unary_io = {**io, "request_deserializer": _lenient(handler.request_deserializer)}
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method), **io
+                _wrap_unary(handler.unary_unary, method), **unary_io
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
@@ -115,7 +157,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method), **io
+                _wrap_stream(handler.unary_stream, method), **unary_io
             )
         return grpc.stream_stream_rpc_method_handler(
             _wrap_stream(handler.stream_stream, method), **io

@@ -1,4 +1,5 @@
-"""The ``tandem`` command: train, serve, demo, bench, link. It only builds configs and calls."""
+"""The ``tandem`` command: train, serve, up, chat, demo, bench, simulate and more. It only builds
+configs and calls."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tandem.cli_serve",
     "tandem.cli_cluster",
     "tandem.bench_api",
+    "tandem.fuzz_cli",
 )
 
 
