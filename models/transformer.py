@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -108,11 +109,7 @@ class TinyLM(nn.Module):
 
     def train_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Causal logits [B, T, V] over whole sequences, no cache (training and scoring)."""
-        b, t = input_ids.shape
-        pos = torch.arange(t).expand(b, t)
-        mask = torch.ones(t, t, dtype=torch.bool).tril().expand(b, t, t)
-        empty = self.empty_cache(b)
-        return self.forward(input_ids, pos, empty, empty, mask)[0]
+        return causal_logits(self, input_ids)
 
 
 def causal_mask(past: int, new: int) -> torch.Tensor:
@@ -120,3 +117,14 @@ def causal_mask(past: int, new: int) -> torch.Tensor:
     m = torch.ones(new, past + new, dtype=torch.bool)
     m[:, past:] = torch.ones(new, new, dtype=torch.bool).tril()
     return m[None]
+
+
+def causal_logits(lm: Any, input_ids: torch.Tensor) -> torch.Tensor:
+    """Causal logits [B, T, V] over whole sequences with no cache, for any network with
+    ``forward(ids, positions, past_keys, past_values, mask)`` and ``empty_cache(batch)``: the
+    dense ``TinyLM`` and the MoE share it."""
+    b, t = input_ids.shape
+    pos = torch.arange(t).expand(b, t)
+    mask = torch.ones(t, t, dtype=torch.bool).tril().expand(b, t, t)
+    empty = lm.empty_cache(b)
+    return lm.forward(input_ids, pos, empty, empty, mask)[0]

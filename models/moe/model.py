@@ -24,6 +24,7 @@ from torch.nn import functional as F
 from models.moe.config import MoEConfig
 from models.moe.routing import ExpertRows, combine, expert_mlp, expert_plan, fuse, route
 from models.torch_backend import CHECKPOINT_DIR
+from models.transformer import causal_logits
 
 MOE_CHECKPOINT = "moe-target"
 
@@ -180,11 +181,7 @@ class MoELM(nn.Module):
 
     def train_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Causal logits [B, T, V] over whole sequences, no cache (training and scoring)."""
-        b, t = input_ids.shape
-        pos = torch.arange(t).expand(b, t)
-        mask = torch.ones(t, t, dtype=torch.bool).tril().expand(b, t, t)
-        empty = self.empty_cache(b)
-        return self.forward(input_ids, pos, empty, empty, mask)[0]
+        return causal_logits(self, input_ids)
 
     def aux_loss(self) -> torch.Tensor:
         """Mean load-balancing loss of the last training forward over the layers."""
