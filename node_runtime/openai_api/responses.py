@@ -125,16 +125,7 @@ def chat_response(rid: str, model: str, choices: list[ChoiceResult]) -> dict[str
                 "finish_reason": c.finish_reason,
             }
         )
-    return {
-        "id": rid,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "system_fingerprint": None,
-        "choices": out,
-        "usage": usage(choices),
-        EXTENSION: extension(choices),
-    }
+    return _response(rid, "chat.completion", model, out, choices)
 
 
 def completion_response(rid: str, model: str, choices: list[ChoiceResult]) -> dict[str, Any]:
@@ -148,9 +139,16 @@ def completion_response(rid: str, model: str, choices: list[ChoiceResult]) -> di
         }
         for c in choices
     ]
+    return _response(rid, "text_completion", model, out, choices)
+
+
+def _response(
+    rid: str, obj: str, model: str, out: list[dict[str, Any]], choices: list[ChoiceResult]
+) -> dict[str, Any]:
+    """What every non-streamed response carries around its rendered ``choices`` (``out``)."""
     return {
         "id": rid,
-        "object": "text_completion",
+        "object": obj,
         "created": int(time.time()),
         "model": model,
         "system_fingerprint": None,
