@@ -240,9 +240,9 @@ class VerifyEngine:
     def validate(self, r: Round, owner: object | None = None) -> Session:
         """The round's session, or a RequestError naming what is wrong with the round."""
         s = self._session(r.session_id, owner)
-        k = len(r.proposal.tokens)
-        if not 1 <= k <= self.config.max_draft:
-            raise RequestError("invalid", f"draft length {k} outside [1, {self.config.max_draft}]")
+        k = len(r.proposal.tokens)  # 0: a round that decodes one target token (text drafts)
+        if not 0 <= k <= self.config.max_draft:
+            raise RequestError("invalid", f"draft length {k} outside [0, {self.config.max_draft}]")
         self._check_vocab(r.proposal.tokens, "draft")
         if r.base_position + k > self.lm.max_len - 1:
             raise RequestError(

@@ -20,6 +20,7 @@ import numpy as np
 from cloud_node.engine import Round, RoundResult, VerifyEngine
 from cloud_node.errors import Kind, RequestError
 from cloud_node.steps import StepService, Walk
+from cloud_node.text_drafts import TextSessions
 from models.base import Tokenizer
 from models.fingerprint import fingerprint
 from models.reasoning.proposer import StepDraft
@@ -173,7 +174,8 @@ class CloudServicer(pb_grpc.CloudServicer):
             raise RequestError(
                 "precondition",
                 f"tokenizer: the edge's {theirs} is not this cloud's {self.tokenizer_id}; token "
-                "speculation needs one tokenizer on both ends (cloud-only and steps carry text)",
+                "speculation needs one tokenizer on both ends, except greedy requests, whose "
+                "drafts may travel as text (cloud-only and steps carry text)",
             )
 
     def _generate_prompt(self, r: pb.GenerateRequest) -> list[int]:
@@ -203,11 +205,15 @@ class CloudServicer(pb_grpc.CloudServicer):
     ) -> AsyncIterator[pb.SpecReply]:
         owner = object()  # this stream: the sessions it opens are its own
         client = client_of(context)
+        lm = self.engine.lm
+        texts = TextSessions(
+            self.tok, self.tokenizer_id, lm.vocab_size, lm.max_len, self.engine.config.max_draft
+        )
         refused: tuple[Kind, str] | None = None
         try:
             async for req in request_iterator:
                 try:
-                    reply = await self._speculate_one(req, owner, client)
+                    reply = await self._speculate_one(req, owner, client, texts)
                 except RequestError as err:
                     # kept as text, so no traceback (and the request it holds) outlives the call
                     refused = (err.kind, str(err))
@@ -218,25 +224,46 @@ class CloudServicer(pb_grpc.CloudServicer):
         if refused is not None:
             await self._fail(context, *refused)
 
-    async def _speculate_one(self, req: pb.SpecRequest, owner: object, client: str) -> pb.SpecReply:
+    async def _speculate_one(
+        self, req: pb.SpecRequest, owner: object, client: str, texts: TextSessions
+    ) -> pb.SpecReply:
         kind = req.WhichOneof("kind")
         if kind == "open":
             o = req.open
-            self._same_tokenizer(o.tokenizer)  # before any token id is read
             params = sampling_from_wire(o.sampling)
-            pos = self.engine.open(o.session_id, list(o.prompt), params, owner=owner, client=client)
+            text = texts.wanted(o)
+            if text:
+                prompt = texts.open(o, params)
+            else:
+                self._same_tokenizer(o.tokenizer)  # before any token id is read
+                prompt = list(o.prompt)
+            try:
+                pos = self.engine.open(o.session_id, prompt, params, owner=owner, client=client)
+            except RequestError:
+                texts.forget(o.session_id)
+                raise
             return pb.SpecReply(
                 opened=pb.SessionOpened(
-                    session_id=o.session_id, position=pos, max_draft=self.engine.config.max_draft
+                    session_id=o.session_id,
+                    position=pos,
+                    max_draft=self.engine.config.max_draft,
+                    text_drafts=text,
                 )
             )
         if kind == "verify":
+            text_round = texts.round(req.verify)
+            if text_round is not None:
+                res = await self.engine.submit(text_round, owner)
+                reply = verdict_to_wire(res)
+                reply.verdict.MergeFrom(texts.reply(text_round, res, self.eos_id))
+                return reply
             rnd = round_from_wire(
                 req.verify, self.engine.lm.vocab_size, self.engine.config.max_draft
             )
             return verdict_to_wire(await self.engine.submit(rnd, owner))
         if kind == "close":
             self.engine.close(req.close.session_id, owner)
+            texts.forget(req.close.session_id)
             return pb.SpecReply(closed=pb.SessionClosed(session_id=req.close.session_id))
         raise RequestError("invalid", "SpecRequest: one of open/verify/close")
 

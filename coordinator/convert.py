@@ -208,6 +208,7 @@ def plan_query_from_wire(r: pb.PlanRequest) -> PlanQuery:
         exclude=tuple(sorted(exclude_from_wire(r.exclude))),
         pipelined=r.pipelined,
         allow_pipelined=r.allow_pipelined,
+        text_drafts=r.text_drafts,
     )
     return PlanQuery(
         edge_id=node_id_from_wire(r.edge_id, "edge_id", required=False),

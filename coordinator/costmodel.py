@@ -102,6 +102,7 @@ class Request:
     k_choices: Sequence[int] = DEFAULT_K_CHOICES  # draft lengths to consider
     pipelined: bool = False  # speculation must draft the next round while one is in flight
     allow_pipelined: bool = False  # the edge can draft ahead: pipelined speculation is a choice
+    text_drafts: bool = False  # greedy, and the edge drafts as text: any tokenizer will do
 
     def __post_init__(self) -> None:
         if not isinstance(self.objective, Objective):
@@ -191,9 +192,10 @@ def objective_cost(p: Prediction, r: Request) -> float:
 def candidates(edge: EdgeView, clouds: Sequence[CloudView], r: Request) -> list[Prediction]:
     """Every admissible (mode, k, cloud), scored, best first.
 
-    Token speculation is admissible only on clouds that share the edge's tokenizer; cloud-only
-    carries text, so any cloud may serve it. Speculation is predicted plain, pipelined, or both
-    (``speculation_variants``).
+    Token speculation is admissible only on clouds that share the edge's tokenizer, unless the
+    request's drafts may travel as text (``text_drafts``: greedy, re-tokenized by the cloud);
+    cloud-only carries text, so any cloud may serve it. Speculation is predicted plain,
+    pipelined, or both (``speculation_variants``).
     """
     out: list[Prediction] = []
     if r.quality_floor.allows(Mode.EDGE_ONLY):
@@ -202,7 +204,7 @@ def candidates(edge: EdgeView, clouds: Sequence[CloudView], r: Request) -> list[
         if c.node_id in r.exclude:
             continue
         out.append(predict(edge, c, Mode.CLOUD_ONLY, 0, r.new_tokens))
-        if edge.shares_tokenizer(c):
+        if edge.shares_tokenizer(c) or r.text_drafts:
             n = r.new_tokens
             out += [
                 predict(edge, c, Mode.SPECULATION, k, n, pipe)

@@ -63,6 +63,7 @@ class PlanAsk:
     max_new: int = 0  # tokens still to generate
     pipelined: bool = False  # the request insists on drafting ahead (speculation only so)
     allow_pipelined: bool = True  # this edge can draft ahead: the plan may choose to
+    text_drafts: bool = False  # greedy on an edge with a tokenizer: drafts may travel as text
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,7 @@ class CloudDirectory:
             max_new_tokens=ask.max_new,
             pipelined=ask.pipelined,
             allow_pipelined=ask.allow_pipelined,
+            text_drafts=ask.text_drafts,
         )
         reply = await self.plan(request, fresh)
         if reply is None:
@@ -257,6 +259,7 @@ class CloudDirectory:
             tuple(request.exclude),
             request.pipelined,
             request.allow_pipelined,
+            request.text_drafts,
             max(request.max_new_tokens, 1).bit_length(),
         )
         hit = self._plans.get(key)

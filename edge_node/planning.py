@@ -64,6 +64,7 @@ class Planner:
             prompt_tokens=len(task.prompt),
             max_new=task.max_new if max_new is None else max_new,
             pipelined=task.pipelined,
+            text_drafts=task.params.greedy,  # the edge's speculator offers text drafts then
         )
 
     async def decide(self, task: SolveTask) -> Decision:

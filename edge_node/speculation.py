@@ -31,6 +31,7 @@ from edge_node.adaptive import AdaptiveK, RoundMeasure
 from edge_node.drafter import MAX_SUPPORT, Ahead, Drafter, DraftResult
 from edge_node.pipeline import Flight, cut
 from edge_node.spec_types import Account, CloudPicker, Hooks, Replan, SpecResult, SpecSettings
+from edge_node.text_drafts import TextSession, offer_text_drafts
 from models.base import CausalLM, Tokenizer
 from models.fingerprint import fingerprint
 from models.generate import StopRule, catch_up, decode
@@ -260,20 +261,29 @@ class Speculator:
         p = r.params
         sampling = pb.Sampling(temperature=p.temperature, top_p=p.top_p, seed=p.seed)
         open_msg = pb.OpenSession(
-            session_id=sid, prompt=r.committed, sampling=sampling, tokenizer=self.tokenizer_id
+            session_id=sid,
+            prompt=r.committed,
+            sampling=sampling,
+            tokenizer=self.tokenizer_id,
         )
+        offer_text_drafts(open_msg, self.tok, p.greedy)
         net_ewma: float | None = None
         flight: Flight | None = None  # the next round, being drafted while one is in flight
         ready: DraftResult | None = None  # a round drafted ahead that its verdict confirmed
         try:
             opened = await self._exchange(call, pb.SpecRequest(open=open_msg), s, acc)
-            if opened.opened.position != len(r.committed) or opened.opened.session_id != sid:
+            o = opened.opened  # a text-draft session counts positions in the cloud's tokens
+            if o.session_id != sid or (o.position != len(r.committed) and not o.text_drafts):
                 raise _CloudLost(f"bad session answer: {opened.WhichOneof('kind')}")
             k_cap = min(s.k_max, opened.opened.max_draft or s.k_max)
+            if opened.opened.text_drafts and self.tok is not None:  # a cloud of another tokenizer
+                exchange = partial(self._exchange, call, s=s, acc=acc)
+                text = TextSession(self.lm, self.tok, self.compute, exchange)
+                await text.run(r, sid, opened.opened.position, k_cap)
             if not r.params.greedy:
                 k_cap = min(k_cap, max_draft_in_message(r.drafter.max_support))
             for rid in itertools.count(1):
-                if self._done(r):
+                if self._done(r) or opened.opened.text_drafts:
                     break
                 base = len(r.committed)
                 draft, ready = await self._next_draft(r, k_cap, ready), None

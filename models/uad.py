@@ -63,6 +63,27 @@ def start_ids(tok: Tokenizer, text: str) -> list[int]:
         return [tok.bos_id, *tok.encode(text)]
 
 
+def retokenize(tok: Tokenizer, committed: Sequence[int], draft: str) -> list[int]:
+    """``tok``'s tokens for ``draft`` continuing the ``committed`` tokens.
+
+    Tries the draft together with the last few committed tokens' text, so a token that the
+    draft continues merges as the target would tokenize it, and keeps the result only if it
+    starts with exactly those committed tokens; else the draft alone. Text the tokenizer cannot
+    encode gives no tokens (the round then decodes one target token).
+    """
+    try:
+        for w in WINDOWS:
+            tail = list(committed[-w:])
+            if len(tail) < w:
+                continue
+            enc = tok.encode(tok.decode(tail) + draft)
+            if enc[:w] == tail and len(enc) > w:
+                return enc[w:]
+        return tok.encode(draft)
+    except ValueError:  # e.g. a word-level tokenizer meeting an unknown word
+        return []
+
+
 class TextDrafter:
     """The edge side: drafts text with its own model and tokenizer, over a cache it reuses."""
 
@@ -143,24 +164,8 @@ class TextVerifier:
         return self.ids[len(self.prompt) :]
 
     def retokenize(self, draft: str) -> list[int]:
-        """The target's tokens for ``draft`` after the committed ones.
-
-        Tries the draft together with the last few committed tokens' text, so a token that the
-        draft continues merges as the target would tokenize it, and keeps the result only if it
-        starts with exactly those committed tokens; else the draft alone. Text the target's
-        tokenizer cannot encode gives no tokens (the round then decodes one target token).
-        """
-        try:
-            for w in WINDOWS:
-                tail = self.ids[-w:]
-                if len(tail) < w:
-                    continue
-                enc = self.tok.encode(self.tok.decode(tail) + draft)
-                if enc[:w] == tail and len(enc) > w:
-                    return enc[w:]
-            return self.tok.encode(draft)
-        except ValueError:  # e.g. a word-level tokenizer meeting an unknown word
-            return []
+        """The target's tokens for ``draft`` after the committed ones (``retokenize``)."""
+        return retokenize(self.tok, self.ids, draft)
 
     def verify(self, draft: str) -> TextVerdict:
         """One round: re-tokenize ``draft``, verify it, commit, and report."""

@@ -172,7 +172,7 @@ class ListNodesReply(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
 
 class PlanRequest(_message.Message):
-    __slots__ = ("edge_id", "objective", "quality_floor", "cost_weight", "prompt_tokens", "max_new_tokens", "exclude", "model", "tokenizer", "pipelined", "allow_pipelined")
+    __slots__ = ("edge_id", "objective", "quality_floor", "cost_weight", "prompt_tokens", "max_new_tokens", "exclude", "model", "tokenizer", "pipelined", "allow_pipelined", "text_drafts")
     EDGE_ID_FIELD_NUMBER: _ClassVar[int]
     OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FLOOR_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +184,7 @@ class PlanRequest(_message.Message):
     TOKENIZER_FIELD_NUMBER: _ClassVar[int]
     PIPELINED_FIELD_NUMBER: _ClassVar[int]
     ALLOW_PIPELINED_FIELD_NUMBER: _ClassVar[int]
+    TEXT_DRAFTS_FIELD_NUMBER: _ClassVar[int]
     edge_id: str
     objective: Objective
     quality_floor: QualityFloor
@@ -195,7 +196,8 @@ class PlanRequest(_message.Message):
     tokenizer: str
     pipelined: bool
     allow_pipelined: bool
-    def __init__(self, edge_id: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., quality_floor: _Optional[_Union[QualityFloor, str]] = ..., cost_weight: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., exclude: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., tokenizer: _Optional[str] = ..., pipelined: _Optional[bool] = ..., allow_pipelined: _Optional[bool] = ...) -> None: ...
+    text_drafts: bool
+    def __init__(self, edge_id: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., quality_floor: _Optional[_Union[QualityFloor, str]] = ..., cost_weight: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., exclude: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., tokenizer: _Optional[str] = ..., pipelined: _Optional[bool] = ..., allow_pipelined: _Optional[bool] = ..., text_drafts: _Optional[bool] = ...) -> None: ...
 
 class Candidate(_message.Message):
     __slots__ = ("mode", "draft_length", "cloud_id", "latency_s", "cloud_cpu_s", "cost", "pipelined")
@@ -288,16 +290,20 @@ class JobDone(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., edge_id: _Optional[str] = ..., result: _Optional[_Union[SolveReply, _Mapping]] = ...) -> None: ...
 
 class OpenSession(_message.Message):
-    __slots__ = ("session_id", "prompt", "sampling", "tokenizer")
+    __slots__ = ("session_id", "prompt", "sampling", "tokenizer", "text_drafts", "prompt_text")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_FIELD_NUMBER: _ClassVar[int]
+    TEXT_DRAFTS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TEXT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     prompt: _containers.RepeatedScalarFieldContainer[int]
     sampling: Sampling
     tokenizer: str
-    def __init__(self, session_id: _Optional[str] = ..., prompt: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., tokenizer: _Optional[str] = ...) -> None: ...
+    text_drafts: bool
+    prompt_text: str
+    def __init__(self, session_id: _Optional[str] = ..., prompt: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., tokenizer: _Optional[str] = ..., text_drafts: _Optional[bool] = ..., prompt_text: _Optional[str] = ...) -> None: ...
 
 class DraftDist(_message.Message):
     __slots__ = ("ids", "probs")
@@ -308,18 +314,20 @@ class DraftDist(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ..., probs: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("session_id", "round_id", "base_position", "draft", "q")
+    __slots__ = ("session_id", "round_id", "base_position", "draft", "q", "draft_text")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_POSITION_FIELD_NUMBER: _ClassVar[int]
     DRAFT_FIELD_NUMBER: _ClassVar[int]
     Q_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_TEXT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     round_id: int
     base_position: int
     draft: _containers.RepeatedScalarFieldContainer[int]
     q: _containers.RepeatedCompositeFieldContainer[DraftDist]
-    def __init__(self, session_id: _Optional[str] = ..., round_id: _Optional[int] = ..., base_position: _Optional[int] = ..., draft: _Optional[_Iterable[int]] = ..., q: _Optional[_Iterable[_Union[DraftDist, _Mapping]]] = ...) -> None: ...
+    draft_text: str
+    def __init__(self, session_id: _Optional[str] = ..., round_id: _Optional[int] = ..., base_position: _Optional[int] = ..., draft: _Optional[_Iterable[int]] = ..., q: _Optional[_Iterable[_Union[DraftDist, _Mapping]]] = ..., draft_text: _Optional[str] = ...) -> None: ...
 
 class CloseSession(_message.Message):
     __slots__ = ("session_id",)
@@ -338,17 +346,19 @@ class SpecRequest(_message.Message):
     def __init__(self, open: _Optional[_Union[OpenSession, _Mapping]] = ..., verify: _Optional[_Union[VerifyRequest, _Mapping]] = ..., close: _Optional[_Union[CloseSession, _Mapping]] = ...) -> None: ...
 
 class SessionOpened(_message.Message):
-    __slots__ = ("session_id", "position", "max_draft")
+    __slots__ = ("session_id", "position", "max_draft", "text_drafts")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     MAX_DRAFT_FIELD_NUMBER: _ClassVar[int]
+    TEXT_DRAFTS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     position: int
     max_draft: int
-    def __init__(self, session_id: _Optional[str] = ..., position: _Optional[int] = ..., max_draft: _Optional[int] = ...) -> None: ...
+    text_drafts: bool
+    def __init__(self, session_id: _Optional[str] = ..., position: _Optional[int] = ..., max_draft: _Optional[int] = ..., text_drafts: _Optional[bool] = ...) -> None: ...
 
 class VerifyReply(_message.Message):
-    __slots__ = ("session_id", "round_id", "base_position", "accepted", "next_token", "position", "model_ms", "model_cpu_s", "batch_size")
+    __slots__ = ("session_id", "round_id", "base_position", "accepted", "next_token", "position", "model_ms", "model_cpu_s", "batch_size", "text", "drafted", "ended")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_POSITION_FIELD_NUMBER: _ClassVar[int]
@@ -358,6 +368,9 @@ class VerifyReply(_message.Message):
     MODEL_MS_FIELD_NUMBER: _ClassVar[int]
     MODEL_CPU_S_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    DRAFTED_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     round_id: int
     base_position: int
@@ -367,7 +380,10 @@ class VerifyReply(_message.Message):
     model_ms: float
     model_cpu_s: float
     batch_size: int
-    def __init__(self, session_id: _Optional[str] = ..., round_id: _Optional[int] = ..., base_position: _Optional[int] = ..., accepted: _Optional[int] = ..., next_token: _Optional[int] = ..., position: _Optional[int] = ..., model_ms: _Optional[float] = ..., model_cpu_s: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    text: str
+    drafted: int
+    ended: bool
+    def __init__(self, session_id: _Optional[str] = ..., round_id: _Optional[int] = ..., base_position: _Optional[int] = ..., accepted: _Optional[int] = ..., next_token: _Optional[int] = ..., position: _Optional[int] = ..., model_ms: _Optional[float] = ..., model_cpu_s: _Optional[float] = ..., batch_size: _Optional[int] = ..., text: _Optional[str] = ..., drafted: _Optional[int] = ..., ended: _Optional[bool] = ...) -> None: ...
 
 class SessionClosed(_message.Message):
     __slots__ = ("session_id",)
