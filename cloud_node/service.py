@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn, Protocol
 
 import grpc
 import numpy as np
 
-from cloud_node.engine import Round, RoundResult, VerifyEngine
+from cloud_node.engine import EngineConfig, EngineStats, Round, RoundResult
 from cloud_node.errors import Kind, RequestError
+from cloud_node.generation import Generated
 from cloud_node.steps import StepService, Walk
 from cloud_node.text_drafts import TextSessions
 from models.base import Tokenizer
@@ -26,6 +27,7 @@ from models.fingerprint import fingerprint
 from models.reasoning.proposer import StepDraft
 from models.sampling import SamplingParams
 from models.speculative import Proposal
+from models.uad import start_ids
 from node_runtime.emulation import emulation_values
 from node_runtime.serving import CLIENT_ID_KEY, log_event
 from tandem_wire.v1 import tandem_pb2 as pb
@@ -150,12 +152,48 @@ def verdict_to_wire(r: RoundResult) -> pb.SpecReply:
     )
 
 
+class CloudEngine(Protocol):
+    """What the servicer uses of an engine: ``cloud_node.engine.VerifyEngine`` (the node's own
+    loop) or ``cloud_node.vllm_engine.VllmEngine`` (vLLM in process)."""
+
+    config: EngineConfig
+    stats: EngineStats
+    lm: Any  # the served model: vocab_size, max_len, name
+
+    def open(
+        self,
+        session_id: str,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        *,
+        owner: object | None = None,
+        client: str = "",
+    ) -> int: ...
+
+    def close(self, session_id: str, owner: object | None = None) -> bool: ...
+
+    def close_owned(self, owner: object) -> int: ...
+
+    async def submit(self, r: Round, owner: object | None = None) -> RoundResult: ...
+
+    async def generate(
+        self,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        max_new: int,
+        eos_id: int | None,
+        client: str = "",
+    ) -> Generated: ...
+
+    def metrics(self) -> dict[str, float]: ...
+
+
 class CloudServicer(pb_grpc.CloudServicer):
     """Speculate (bidirectional verify stream), Generate (cloud-only), Metrics."""
 
     def __init__(
         self,
-        engine: VerifyEngine,
+        engine: CloudEngine,
         node_id: str,
         eos_id: int | None,
         steps: StepService | None = None,
@@ -189,7 +227,7 @@ class CloudServicer(pb_grpc.CloudServicer):
         if self.tok is None:
             raise RequestError("precondition", "prompt_text: this cloud node has no tokenizer")
         try:
-            return [self.tok.bos_id, *self.tok.encode(r.prompt_text)]
+            return start_ids(self.tok, r.prompt_text)  # the tokenizer's own start (BOS) rules
         except ValueError as exc:
             raise RequestError("invalid", f"prompt_text: {exc}") from None
 

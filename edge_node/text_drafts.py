@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from functools import partial
 from typing import Protocol, TypeVar
 
@@ -78,6 +80,9 @@ class TextSession:
         is complete (``r.stopped``)."""
         start = list(r.committed)  # where the session began, in this edge's tokens
         budget = r.left()  # tokens the cloud may still generate
+        # from here the budget counts the cloud's tokens (as cloud-only's does): the reply's
+        # length in this edge's tokens may differ and must not cut it
+        r.settings = replace(r.settings, max_new=sys.maxsize)
         drafter = TextDrafter(self.lm, self.tok, prefix=start)
         text, streamed, generated, base = "", 0, 0, position
         for rid in itertools.count(1):

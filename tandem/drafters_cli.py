@@ -39,6 +39,11 @@ def add_parser(subparsers: Any) -> None:
     u.add_argument("--target", required=True, help="target model spec (e.g. hf:DIR)")
     u.add_argument("--drafter", required=True, help="drafter model spec (e.g. onnx:DIR)")
     u.add_argument("--k", type=int, default=4, help="drafted tokens per round")
+    u.add_argument(
+        "--over-grpc",
+        action="store_true",
+        help="the target in a cloud node process, the drafter as an edge over gRPC (text drafts)",
+    )
     _common(u, "runs/drafters-uad")
     u.set_defaults(func=_uad)
 
@@ -137,8 +142,22 @@ def _uad(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    target, drafter = load_lm(args.target), load_lm(args.drafter)
-    rep = uad_bench(target, drafter, _prompts(args.prompts), args.max_new, args.k, args.repeats)
+    drafter = load_lm(args.drafter)
+    if args.over_grpc:
+        from tandem.uad_wire import wire_bench
+
+        rep = wire_bench(
+            args.target,
+            drafter,
+            _prompts(args.prompts),
+            args.max_new,
+            args.k,
+            args.repeats,
+            args.threads,
+        )
+    else:
+        target = load_lm(args.target)
+        rep = uad_bench(target, drafter, _prompts(args.prompts), args.max_new, args.k, args.repeats)
     rep.update(target_spec=args.target, drafter_spec=args.drafter, emulated=False)
     rows = {}
     for name, r in rep["rows"].items():
@@ -149,7 +168,8 @@ def _uad(args: argparse.Namespace) -> int:
         rows[f"{name} speedup"] = figure_row(r["speedup_vs_target_alone"])
     print(f"target {rep['target']}  drafter {rep['drafter']}  (not emulated)")
     print_table("figure", rows, ("median", "spread", "n", "note"))
-    _write(rep, Path(args.out), "ms_per_token", "speedup_vs_target_alone", "uad", 1.0, "break-even")
+    stem = "uad-grpc" if args.over_grpc else "uad"
+    _write(rep, Path(args.out), "ms_per_token", "speedup_vs_target_alone", stem, 1.0, "break-even")
     return 0
 
 

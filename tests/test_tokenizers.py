@@ -204,12 +204,13 @@ def test_cloud_only_carries_text_to_a_cloud_of_another_tokenizer() -> None:
 # ---------------------------------------------------------------- an edge and a cloud that differ
 
 
-def test_an_edge_of_another_tokenizer_is_refused_speculation_and_served_cloud_only() -> None:
-    """Speculation: FAILED_PRECONDITION at once, naming both; cloud-only: the text travels."""
+def test_an_edge_of_another_tokenizer_speculates_greedily_as_text_and_sampled_is_refused() -> None:
+    """Greedy speculation: drafts travel as text; sampled speculation: FAILED_PRECONDITION at
+    once, naming both tokenizers; cloud-only: the text travels."""
     edge_tok = RespelledTokenizer()
     problem = task.generate(1, task.HELDOUT_SEED + 3)[0]
 
-    async def main() -> tuple[grpc.aio.AioRpcError, pb.SolveReply]:
+    async def main() -> tuple[pb.SolveReply, grpc.aio.AioRpcError, pb.SolveReply]:
         tok = task.WordTokenizer()
         cloud = await start_cloud(load_torch("target"), tok.eos_id, tokenizer=tok)
         edge = await start_edge(
@@ -220,20 +221,23 @@ def test_an_edge_of_another_tokenizer_is_refused_speculation_and_served_cloud_on
                 stub = pb_grpc.EdgeStub(ch)
                 ask = pb.SolveRequest(prompt=problem.question, max_new_tokens=48)
                 ask.mode = pb.MODE_TOKEN_SPECULATION
+                greedy = await stub.Solve(ask, timeout=30)
+                ask.sampling.temperature = 0.8
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     await stub.Solve(ask, timeout=30)
                 ask.mode = pb.MODE_CLOUD_ONLY
                 reply = await stub.Solve(ask, timeout=30)
-                return err.value, reply
+                return greedy, err.value, reply
         finally:
             await edge.stop()
             await cloud.stop()
 
-    err, reply = run(main())
+    greedy, err, reply = run(main())
+    assert greedy.mode == pb.MODE_TOKEN_SPECULATION and not greedy.degraded
+    assert task.is_correct(problem, greedy.text)
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert fingerprint(edge_tok) in err.details() and WORDS in err.details()
     assert reply.mode == pb.MODE_CLOUD_ONLY and not reply.degraded
-    assert task.is_correct(problem, reply.text)
 
 
 # ---------------------------------------------------------------- the demo with real checkpoints
