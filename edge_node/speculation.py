@@ -279,7 +279,7 @@ class Speculator:
             if opened.opened.text_drafts and self.tok is not None:  # a cloud of another tokenizer
                 exchange = partial(self._exchange, call, s=s, acc=acc)
                 text = TextSession(self.lm, self.tok, self.compute, exchange)
-                await text.run(r, sid, opened.opened.position, k_cap)
+                await text.run(r, sid, opened.opened.position, min(r.ctl.k, k_cap))
             if not r.params.greedy:
                 k_cap = min(k_cap, max_draft_in_message(r.drafter.max_support))
             for rid in itertools.count(1):
