@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
 from cloud_node.costs import calibrate
 from cloud_node.engine import EngineConfig, VerifyEngine
 from cloud_node.prometheus import instrument
@@ -19,7 +21,7 @@ from models.reasoning.protocols import StepScorer
 from node_runtime.emulation import EmulatedLM, emulate, emulation_values
 from node_runtime.lifecycle import RateWindow, run_node
 from node_runtime.metrics import MetricsServer, NodeMetrics
-from node_runtime.serving import aio_server, bind, log_event
+from node_runtime.serving import DrainGate, aio_server, bind, log_event
 from node_runtime.telemetry import Reading
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
@@ -45,6 +47,7 @@ class CloudConfig:
     metrics_host: str = "127.0.0.1"  # address /metrics binds
     # onnxruntime execution providers to try first for ONNX graphs (the PRM); CPU is last
     onnx_providers: tuple[str, ...] = ()
+    drain_s: float = 8.0  # graceful stop: longest wait for the calls in progress to finish
 
 
 @dataclass
@@ -55,6 +58,24 @@ class CloudNode:
     address: str
     engine: VerifyEngine
     servicer: CloudServicer
+    gate: DrainGate | None = None  # counts calls in progress; refuses new ones once draining
+    health: health.aio.HealthServicer | None = None  # grpc.health.v1, SERVING while it serves
+
+    async def begin_drain(self) -> None:
+        """Report NOT_SERVING and refuse new calls (UNAVAILABLE); those in progress go on."""
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
+        if self.gate is not None:
+            self.gate.draining = True
+
+    async def drain(self, timeout_s: float) -> bool:
+        """``begin_drain``, then wait up to ``timeout_s`` for the calls in progress to end."""
+        await self.begin_drain()
+        if self.gate is None:
+            return True
+        idle = await self.gate.wait_idle(timeout_s)
+        log_event(log, "cloud_drained", idle=idle, left=self.gate.inflight)
+        return idle
 
     async def stop(self, grace: float = 1.0) -> None:
         """Stop serving, then stop the step service and the engine."""
@@ -73,7 +94,8 @@ async def start_cloud(
     """Serve ``lm`` as a cloud node on the running loop; with a tokenizer, steps too."""
     engine = VerifyEngine(lm, config.engine)
     engine.start()
-    server = aio_server()
+    gate = DrainGate()
+    server = aio_server(gate=gate)
     address = bind(server, config.host, config.port)
     node_id = config.node_id or f"cloud-{address}"
     steps = build_steps(engine, lm, tokenizer, config.scorers) if tokenizer else None
@@ -83,12 +105,15 @@ async def start_cloud(
         from cloud_node.experts import add_experts
 
         add_experts(server, config.experts)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     emulated = lm.profile.name if isinstance(lm, EmulatedLM) else None
     log_event(
         log, "cloud_listening", address=address, node_id=node_id, model=lm.name, emulated=emulated
     )
-    return CloudNode(server, address, engine, servicer)
+    return CloudNode(server, address, engine, servicer, gate, health_servicer)
 
 
 def build_steps(
@@ -156,8 +181,21 @@ async def run_cloud(config: CloudConfig, ready_file: Path | None = None) -> None
             await http.stop()
             await node.stop()
 
+    stop_serving = stop_node
+
+    async def stop_drained() -> None:  # deregistered by now: wait for the work in progress
+        await node.drain(config.drain_s)
+        await stop_serving()
+
     await run_node(
-        info, "cloud", config.coordinator, probe.heartbeat, probe.reading, stop_node, ready_file
+        info,
+        "cloud",
+        config.coordinator,
+        probe.heartbeat,
+        probe.reading,
+        stop_drained,
+        ready_file,
+        node.begin_drain,
     )
 
 

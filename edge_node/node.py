@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
 from edge_node.clouds import CloudDirectory
 from edge_node.service import EdgeConfig, EdgeServicer
 from models.base import CausalLM, Tokenizer
@@ -14,7 +16,7 @@ from node_runtime.emulation import EmulatedLM, emulate, emulation_values
 from node_runtime.lifecycle import run_node
 from node_runtime.openai_api.backend import EdgeBackend
 from node_runtime.openai_api.server import ApiConfig, ApiServer
-from node_runtime.serving import aio_server, bind, log_event
+from node_runtime.serving import DrainGate, aio_server, bind, log_event
 from node_runtime.telemetry import Reading
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
@@ -39,6 +41,7 @@ class EdgeNodeConfig:
     api: ApiConfig = field(default_factory=ApiConfig)  # OpenAI-compatible API and /metrics (HTTP)
     # onnxruntime execution providers to try first (cuda, tensorrt, openvino, ...); CPU is last
     onnx_providers: tuple[str, ...] = ()
+    drain_s: float = 8.0  # graceful stop: longest wait for the requests in progress to finish
 
 
 @dataclass
@@ -48,6 +51,24 @@ class EdgeNode:
     server: object
     address: str
     servicer: EdgeServicer
+    gate: DrainGate | None = None  # counts calls in progress; refuses new ones once draining
+    health: health.aio.HealthServicer | None = None  # grpc.health.v1, SERVING while it serves
+
+    async def begin_drain(self) -> None:
+        """Report NOT_SERVING and refuse new requests (UNAVAILABLE); those in progress go on."""
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
+        if self.gate is not None:
+            self.gate.draining = True
+
+    async def drain(self, timeout_s: float) -> bool:
+        """``begin_drain``, then wait up to ``timeout_s`` for the requests in progress to end."""
+        await self.begin_drain()
+        if self.gate is None:
+            return True
+        idle = await self.gate.wait_idle(timeout_s)
+        log_event(log, "edge_drained", idle=idle, left=self.gate.inflight)
+        return idle
 
     async def stop(self, grace: float = 1.0) -> None:
         """Stop serving, close the cloud channels and release the servicer's threads."""
@@ -58,7 +79,8 @@ class EdgeNode:
 
 async def start_edge(lm: CausalLM, tok: Tokenizer, config: EdgeNodeConfig) -> EdgeNode:
     """Serve ``lm`` as an edge node on the running loop."""
-    server = aio_server()
+    gate = DrainGate()
+    server = aio_server(gate=gate)
     address = bind(server, config.host, config.port)
     node_id = config.node_id or f"edge-{address}"
     clouds = CloudDirectory(
@@ -66,12 +88,15 @@ async def start_edge(lm: CausalLM, tok: Tokenizer, config: EdgeNodeConfig) -> Ed
     )
     servicer = EdgeServicer(node_id, lm, tok, clouds, config.edge)
     pb_grpc.add_EdgeServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     emulated = lm.profile.name if isinstance(lm, EmulatedLM) else None
     log_event(
         log, "edge_listening", address=address, node_id=node_id, model=lm.name, emulated=emulated
     )
-    return EdgeNode(server, address, servicer)
+    return EdgeNode(server, address, servicer, gate, health_servicer)
 
 
 async def run_edge(config: EdgeNodeConfig, ready_file: Path | None = None) -> None:
@@ -104,14 +129,21 @@ async def run_edge(config: EdgeNodeConfig, ready_file: Path | None = None) -> No
         max_sessions=config.edge.max_concurrent,
         tokenizer=fingerprint(tok),
     )
+    stop_serving = stop_node
+
+    async def stop_drained() -> None:  # deregistered by now: wait for the work in progress
+        await node.drain(config.drain_s)
+        await stop_serving()
+
     await run_node(
         info,
         "edge",
         config.coordinator,
         lambda: pb.NodeLoad(active_sessions=servicer.active),
         lambda: _with_emulation(servicer.stats.reading(servicer.active, servicer.clouds), lm),
-        stop_node,
+        stop_drained,
         ready_file,
+        node.begin_drain,
     )
 
 

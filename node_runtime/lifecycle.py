@@ -57,11 +57,13 @@ async def run_node(
     sample_fn: Callable[[], Reading],
     stop_node: Callable[[], Awaitable[None]],
     ready_file: Path | None = None,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Publish telemetry, register (when a coordinator is given), run until SIGTERM/SIGINT.
 
     The telemetry endpoint goes into ``info`` before registering, so the coordinator follows the
-    node from its first heartbeat on.
+    node from its first heartbeat on. On a signal, ``on_stop`` runs first (a node reports
+    NOT_SERVING and starts draining there), then the node deregisters and ``stop_node`` runs.
     """
     publisher = TelemetryPublisher(info.node_id, role, sample_fn)
     info.telemetry_address = await publisher.start()
@@ -75,6 +77,9 @@ async def run_node(
     stop = asyncio.Event()
     install_stop_signals(stop)
     await stop.wait()
+    log_event(log, "node_stopping", node_id=info.node_id)
+    if on_stop is not None:
+        await on_stop()
     if agent is not None:
         await agent.stop()
     await publisher.stop()

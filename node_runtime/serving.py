@@ -56,15 +56,96 @@ def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **f
     logger.log(level, event, extra={"fields": fields})
 
 
-def aio_server(security: SecurityConfig | None = None) -> grpc.aio.Server:
+class DrainGate(grpc.aio.ServerInterceptor):
+    """Counts the calls a node is working on and, once draining, refuses new ones UNAVAILABLE.
+
+    A graceful stop reports NOT_SERVING, sets ``draining``, waits (``wait_idle``) for the calls in
+    progress to finish, then stops the server. Health checks and ``Metrics`` are not work: they
+    are neither counted nor refused, so a draining node can still be watched.
+    """
+
+    EXEMPT = ("/grpc.health.v1.Health/", "/Metrics")  # method name prefixes and suffixes
+
+    def __init__(self) -> None:
+        self.draining = False  # refuse new calls
+        self.inflight = 0  # calls in progress (exempt ones aside)
+
+    def _exempt(self, method: str) -> bool:
+        return method.startswith(self.EXEMPT[0]) or method.endswith(self.EXEMPT[1])
+
+    async def wait_idle(self, timeout_s: float, poll_s: float = 0.05) -> bool:
+        """Wait until no call is in progress; False when ``timeout_s`` passed first."""
+        deadline = time.monotonic() + timeout_s
+        while self.inflight > 0:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(poll_s)
+        return True
+
+    async def _refuse(self, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "node is draining: try another node")
+
+    def _unary(self, fn: Any) -> Any:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if self.draining:
+                await self._refuse(context)
+            self.inflight += 1
+            try:
+                return await fn(request, context)
+            finally:
+                self.inflight -= 1
+
+        return call
+
+    def _stream(self, fn: Any) -> Any:
+        import inspect
+
+        if not inspect.isasyncgenfunction(fn):
+            return self._unary(fn)
+
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if self.draining:
+                await self._refuse(context)
+            self.inflight += 1
+            try:
+                async for item in fn(request, context):
+                    yield item
+            finally:
+                self.inflight -= 1
+
+        return call
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None or self._exempt(details.method):
+            return handler
+        io = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(self._unary(handler.unary_unary), **io)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(self._unary(handler.stream_unary), **io)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(self._stream(handler.unary_stream), **io)
+        return grpc.stream_stream_rpc_method_handler(self._stream(handler.stream_stream), **io)
+
+
+def aio_server(
+    security: SecurityConfig | None = None, gate: DrainGate | None = None
+) -> grpc.aio.Server:
     """An asyncio gRPC server with Tandem's message caps; unless ``security`` (default: the
     process's, ``node_runtime.security.default()``) is plaintext, every call must carry the
-    cluster's bearer token and a verified client certificate. Bind it with ``bind``."""
+    cluster's bearer token and a verified client certificate. With ``gate``, the server can
+    drain (see ``DrainGate``). Bind it with ``bind``."""
     from node_runtime.auth import AuthInterceptor  # both log through this module
     from node_runtime.errors import StatusInterceptor
 
     security = security or default_security()
     interceptors: list[Any] = [StatusInterceptor()]
+    if gate is not None:  # innermost: counts the handler itself, refusals go through the others
+        interceptors.append(gate)
     if security.secure:
         interceptors.insert(0, AuthInterceptor(token(security)))
     server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=interceptors)

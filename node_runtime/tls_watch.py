@@ -15,6 +15,7 @@ a process whose descriptor 2 is managed by someone else, such as a test runner c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -79,7 +80,10 @@ def _pump(read_fd: int, out_fd: int) -> None:
                     elif not (_GRPC_LINE.match(line) and line[:1] == b"I"):
                         os.write(out_fd, line + b"\n")
                 except Exception:  # noqa: BLE001 - the pump must never stop draining the pipe
-                    os.write(out_fd, line + b"\n")
+                    # a full disk (ENOSPC) drops the line: a dead pump would close the pipe,
+                    # and every later refusal would go unlogged even once the disk had room
+                    with contextlib.suppress(OSError):
+                        os.write(out_fd, line + b"\n")
 
 
 def watch_tls_failures() -> bool:

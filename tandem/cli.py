@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tandem.cli_cluster",
     "tandem.bench_api",
     "tandem.fuzz_cli",
+    "tandem.bench_chaos",
 )
 
 

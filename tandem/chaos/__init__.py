@@ -1,0 +1,1 @@
+"""The chaos suite: real node processes under faults (see docs/chaos.md)."""
