@@ -15,6 +15,7 @@ from cloud_node.engine import EngineConfig, VerifyEngine
 from cloud_node.prometheus import instrument
 from cloud_node.service import CloudServicer
 from cloud_node.steps import StepService
+from cloud_node.vllm_config import VllmSettings
 from models.base import CausalLM, Tokenizer
 from models.fingerprint import fingerprint
 from models.reasoning.protocols import StepScorer
@@ -47,7 +48,15 @@ class CloudConfig:
     metrics_host: str = "127.0.0.1"  # address /metrics binds
     # onnxruntime execution providers to try first for ONNX graphs (the PRM); CPU is last
     onnx_providers: tuple[str, ...] = ()
+    # what runs the target: "tandem" (this node's own loop) or "vllm" (vLLM's engine in process;
+    # --model is then a Hugging Face directory; needs scripts/setup-vllm, see docs/vllm.md)
+    serving_engine: str = "tandem"
+    vllm: VllmSettings = field(default_factory=VllmSettings)  # with serving_engine "vllm" only
     drain_s: float = 8.0  # graceful stop: longest wait for the calls in progress to finish
+
+    def __post_init__(self) -> None:
+        if self.serving_engine not in ("tandem", "vllm"):
+            raise ValueError(f"engine must be tandem or vllm, got {self.serving_engine!r}")
 
 
 @dataclass
@@ -146,6 +155,11 @@ def model_info(lm: CausalLM, backend: str) -> pb.ModelInfo:
 
 async def run_cloud(config: CloudConfig, ready_file: Path | None = None) -> None:
     """Process entry: calibrate, serve, publish telemetry, register; stop on SIGTERM/SIGINT."""
+    if config.serving_engine == "vllm":
+        from cloud_node.vllm_node import run_vllm_cloud
+
+        await run_vllm_cloud(config, ready_file)
+        return
     import torch
 
     from models.loader import load_lm  # loads torch only in the cloud process

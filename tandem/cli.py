@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tandem.bench_api",
     "tandem.fuzz_cli",
     "tandem.bench_chaos",
+    "tandem.bench_spec_vllm",
 )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from node_runtime.config import add_config_args, add_config_file_arg, from_args
 
 # Flags of earlier versions, kept: --threads, --cloud, --route.
-CLOUD_ALIASES = {"torch_threads": ("--threads",)}
+CLOUD_ALIASES = {"torch_threads": ("--threads",), "serving_engine": ("--engine",)}
 EDGE_ALIASES = {"clouds": ("--cloud",), "routes": ("--route",)}
 
 

@@ -52,7 +52,8 @@ ALLOWED: dict[str, set[str]] = {
     "models": MODELS,
     "node_runtime": RUNTIME,
     "edge_node": NODE | {"edge_node"},
-    "cloud_node": NODE | {"cloud_node", "torch"},
+    # vllm: the cloud's optional engine (cloud_node/vllm_*.py; .venv-vllm, --engine vllm only)
+    "cloud_node": NODE | {"cloud_node", "torch", "vllm"},
     "coordinator": RUNTIME | {"coordinator", "grpc_health"},
     # the fleet simulator: SimPy, its progress bar and plots, and Ray (an optional extra)
     "simulations": NODE | {"coordinator", "simulations", "simpy", "tqdm", "matplotlib", "ray"},
