@@ -20,7 +20,7 @@ from typing import TypeVar
 import numpy as np
 
 from cloud_node.costs import CostTracker
-from cloud_node.errors import RequestError
+from cloud_node.errors import RequestError, check_prompt, check_token_ids
 from cloud_node.generation import Generated, GenerationLimits, GenerationQueue
 from cloud_node.iterations import (
     EngineStats,
@@ -220,21 +220,8 @@ class VerifyEngine:
         self.stats.expired_sessions += len(dead)
         return len(dead)
 
-    def _check_vocab(self, tokens: Sequence[int] | np.ndarray, field_name: str) -> None:
-        v = self.lm.vocab_size
-        ids = np.asarray(tokens, dtype=np.int64)
-        bad = np.nonzero((ids < 0) | (ids >= v))[0]
-        if len(bad):
-            raise RequestError("invalid", f"{field_name}: token id {ids[bad[0]]} outside [0, {v})")
-
     def _check_prompt(self, prompt: Sequence[int]) -> None:
-        if not prompt:
-            raise RequestError("invalid", "prompt must hold at least one token")
-        if len(prompt) >= self.lm.max_len:
-            raise RequestError(
-                "invalid", f"prompt of {len(prompt)} tokens exceeds max_len {self.lm.max_len}"
-            )
-        self._check_vocab(prompt, "prompt")
+        check_prompt(prompt, self.lm.vocab_size, self.lm.max_len)
 
     # ------------------------------------------------------------------ verification
     def validate(self, r: Round, owner: object | None = None) -> Session:
@@ -243,7 +230,7 @@ class VerifyEngine:
         k = len(r.proposal.tokens)  # 0: a round that decodes one target token (text drafts)
         if not 0 <= k <= self.config.max_draft:
             raise RequestError("invalid", f"draft length {k} outside [0, {self.config.max_draft}]")
-        self._check_vocab(r.proposal.tokens, "draft")
+        check_token_ids(r.proposal.tokens, self.lm.vocab_size, "draft")
         if r.base_position + k > self.lm.max_len - 1:
             raise RequestError(
                 "invalid",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
+
+import numpy as np
 
 Kind = Literal["invalid", "not_found", "exists", "exhausted", "unavailable", "precondition"]
 
@@ -18,6 +21,23 @@ class RequestError(Exception):
     def __init__(self, kind: Kind, message: str) -> None:
         super().__init__(message)
         self.kind: Kind = kind
+
+
+def check_token_ids(tokens: Sequence[int] | np.ndarray, vocab: int, field_name: str) -> None:
+    """INVALID_ARGUMENT naming the first id of ``tokens`` outside ``[0, vocab)``."""
+    ids = np.asarray(tokens, dtype=np.int64)
+    bad = np.nonzero((ids < 0) | (ids >= vocab))[0]
+    if len(bad):
+        raise RequestError("invalid", f"{field_name}: token id {ids[bad[0]]} outside [0, {vocab})")
+
+
+def check_prompt(prompt: Sequence[int], vocab: int, max_len: int) -> None:
+    """A prompt of at least one token, shorter than the context, in the vocabulary."""
+    if not prompt:
+        raise RequestError("invalid", "prompt must hold at least one token")
+    if len(prompt) >= max_len:
+        raise RequestError("invalid", f"prompt of {len(prompt)} tokens exceeds max_len {max_len}")
+    check_token_ids(prompt, vocab, "prompt")
 
 
 class ModelFailure(RuntimeError):

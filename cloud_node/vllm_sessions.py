@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from cloud_node.engine import EngineConfig, Round, RoundResult
-from cloud_node.errors import RequestError
+from cloud_node.errors import RequestError, check_prompt, check_token_ids
 from models.sampling import SamplingParams
 
 
@@ -116,23 +116,9 @@ class SessionTable:
             del self.sessions[k]
         return len(dead)
 
-    def check_tokens(self, tokens: Sequence[int] | np.ndarray, field_name: str) -> None:
-        """INVALID_ARGUMENT naming the first id outside the vocabulary."""
-        v = self.model.vocab_size
-        ids = np.asarray(tokens, dtype=np.int64)
-        bad = np.nonzero((ids < 0) | (ids >= v))[0]
-        if len(bad):
-            raise RequestError("invalid", f"{field_name}: token id {ids[bad[0]]} outside [0, {v})")
-
     def check_prompt(self, prompt: Sequence[int]) -> None:
         """A prompt of at least one token, shorter than the context, in the vocabulary."""
-        if not prompt:
-            raise RequestError("invalid", "prompt must hold at least one token")
-        if len(prompt) >= self.model.max_len:
-            raise RequestError(
-                "invalid", f"prompt of {len(prompt)} tokens exceeds max_len {self.model.max_len}"
-            )
-        self.check_tokens(prompt, "prompt")
+        check_prompt(prompt, self.model.vocab_size, self.model.max_len)
 
     def validate(self, r: Round, owner: object | None) -> VSession:
         """The round's session, or a RequestError naming what is wrong with the round."""
@@ -140,7 +126,7 @@ class SessionTable:
         k = len(r.proposal.tokens)
         if not 1 <= k <= self.config.max_draft:
             raise RequestError("invalid", f"draft length {k} outside [1, {self.config.max_draft}]")
-        self.check_tokens(r.proposal.tokens, "draft")
+        check_token_ids(r.proposal.tokens, self.model.vocab_size, "draft")
         if r.base_position + k > self.model.max_len - 1:
             raise RequestError(
                 "invalid",

@@ -16,7 +16,7 @@ from node_runtime.emulation import EmulatedLM, emulate, emulation_values
 from node_runtime.lifecycle import run_node
 from node_runtime.openai_api.backend import EdgeBackend
 from node_runtime.openai_api.server import ApiConfig, ApiServer
-from node_runtime.serving import DrainGate, aio_server, bind, log_event
+from node_runtime.serving import DrainGate, aio_server, begin_drain, bind, drain, log_event
 from node_runtime.telemetry import Reading
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
@@ -56,19 +56,11 @@ class EdgeNode:
 
     async def begin_drain(self) -> None:
         """Report NOT_SERVING and refuse new requests (UNAVAILABLE); those in progress go on."""
-        if self.health is not None:
-            await self.health.enter_graceful_shutdown()
-        if self.gate is not None:
-            self.gate.draining = True
+        await begin_drain(self.health, self.gate)
 
     async def drain(self, timeout_s: float) -> bool:
         """``begin_drain``, then wait up to ``timeout_s`` for the requests in progress to end."""
-        await self.begin_drain()
-        if self.gate is None:
-            return True
-        idle = await self.gate.wait_idle(timeout_s)
-        log_event(log, "edge_drained", idle=idle, left=self.gate.inflight)
-        return idle
+        return await drain(self.health, self.gate, timeout_s, "edge")
 
     async def stop(self, grace: float = 1.0) -> None:
         """Stop serving, close the cloud channels and release the servicer's threads."""

@@ -132,6 +132,26 @@ class DrainGate(grpc.aio.ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(self._stream(handler.stream_stream), **io)
 
 
+async def begin_drain(health: Any, gate: DrainGate | None) -> None:
+    """Report NOT_SERVING (``health``: a grpc.health.v1 servicer, or None) and refuse new calls
+    UNAVAILABLE; the calls in progress go on."""
+    if health is not None:
+        await health.enter_graceful_shutdown()
+    if gate is not None:
+        gate.draining = True
+
+
+async def drain(health: Any, gate: DrainGate | None, timeout_s: float, role: str) -> bool:
+    """``begin_drain``, then wait up to ``timeout_s`` for the calls in progress to end (logged as
+    ``{role}_drained``); False when some were still running."""
+    await begin_drain(health, gate)
+    if gate is None:
+        return True
+    idle = await gate.wait_idle(timeout_s)
+    log_event(logging.getLogger(f"tandem.{role}"), f"{role}_drained", idle=idle, left=gate.inflight)
+    return idle
+
+
 def aio_server(
     security: SecurityConfig | None = None, gate: DrainGate | None = None
 ) -> grpc.aio.Server:
