@@ -80,22 +80,28 @@ def _mine(env: Env, res: FaultResult) -> list:  # type: ignore[type-arg]
 
 
 def test_kill9_cloud_mid_stream_loses_nothing_and_records_the_hit(env: Env) -> None:
-    res = _run(env, kill_cloud, "kill9_cloud")
-    recs = _mine(env, res)
-    assert recs and res.requests == len(recs)
-    # every request ended: completed or a clean status, none past its deadline
-    assert all(r.outcome != "open" for r in recs)
-    assert [r for r in recs if not r.clean] == []
-    assert [r for r in recs if r.hung] == []
-    # the victim held sessions when it died, and the edge's own accounts name it on the hit ones
+    # Requests last about 50 ms, so on a loaded machine the kill can land between them: the
+    # scenario runs again (at most three times) until it caught a request mid-stream. Nothing
+    # may be lost in any run.
+    for _ in range(3):
+        res = _run(env, kill_cloud, "kill9_cloud")
+        recs = _mine(env, res)
+        assert recs and res.requests == len(recs)
+        # every request ended: completed or a clean status, none past its deadline
+        assert all(r.outcome != "open" for r in recs)
+        assert [r for r in recs if not r.clean] == []
+        assert [r for r in recs if r.hung] == []
+        hit = [r for r in recs if r.request_id in set(res.hit)]
+        for r in hit:  # the edge's own accounts name the victim on the hit ones
+            assert r.outcome != "ok" or VICTIM in r.note or r.degraded, r
+            if r.outcome == "ok" and not r.degraded:
+                assert r.cloud_node != VICTIM  # failed over, and the reply says where it finished
+        if res.victim_sessions_at_fault and hit and res.extra.get("hit_open_at_fault", 0) >= 1:
+            break
+        env.load.records.clear()
     assert res.victim_sessions_at_fault and res.victim_sessions_at_fault >= 1
     assert res.hit, "the kill hit no request"
     assert res.extra.get("hit_open_at_fault", 0) >= 1, "no hit request was mid-stream"
-    hit = [r for r in recs if r.request_id in set(res.hit)]
-    for r in hit:
-        assert r.outcome != "ok" or VICTIM in r.note or r.degraded, r
-        if r.outcome == "ok" and not r.degraded:
-            assert r.cloud_node != VICTIM  # failed over, and the reply says where it finished
     assert res.detect_s is not None and res.detect_s < DETECT_LIMIT_S
 
 
