@@ -63,22 +63,22 @@ def test_the_residual_drawn_by_rejection_from_p_follows_max_p_minus_q() -> None:
     assert chisquare(plain[on], residual[on] * plain[on].sum()).pvalue < vs.ALPHA
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-METRICS_PORT = _free_port()
-
-
 @pytest.fixture(scope="module")
 def cloud():
     with tempfile.TemporaryDirectory(prefix="tandem-vllm-") as d:
-        with vs.VllmCloud(Path(d), "--metrics-port", str(METRICS_PORT)) as node:
+        # /metrics on a port the node picks (0), read back from its log: a port chosen here
+        # and released could be handed to the node's own gRPC server meanwhile
+        with vs.VllmCloud(Path(d), "--metrics-port", "0") as node:
             yield node
+
+
+def _metrics_address(log: Path) -> str:
+    import json
+
+    for line in log.read_text(errors="replace").splitlines():
+        if '"metrics_listening"' in line:
+            return str(json.loads(line)["address"])
+    raise AssertionError(f"no metrics_listening line in {log}")
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_the_node_advertises_vllm_and_its_tokenizer(cloud, tok) -> None:
     # Prometheus /metrics reads the same engine values at scrape time
     import urllib.request
 
-    url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
+    url = f"http://{_metrics_address(cloud.log)}/metrics"
     with urllib.request.urlopen(url, timeout=10) as r:
         text = r.read().decode()
     line = next(
