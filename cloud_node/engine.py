@@ -20,7 +20,7 @@ from typing import TypeVar
 import numpy as np
 
 from cloud_node.costs import CostTracker
-from cloud_node.errors import RequestError, check_prompt, check_token_ids
+from cloud_node.errors import RequestError, check_prompt
 from cloud_node.generation import Generated, GenerationLimits, GenerationQueue
 from cloud_node.iterations import (
     EngineStats,
@@ -32,6 +32,7 @@ from cloud_node.iterations import (
     Session,
 )
 from cloud_node.model_thread import ModelThread, Priority
+from cloud_node.sessions import Sessions
 from models.base import CausalLM
 from models.metrics import acceptance_rate, mean_accepted_length
 from models.sampling import SamplingParams
@@ -95,7 +96,8 @@ class VerifyEngine:
     def __init__(self, lm: CausalLM, config: EngineConfig = EngineConfig()) -> None:
         self.lm = lm
         self.config = config
-        self.sessions: dict[str, Session] = {}
+        self.table: Sessions[Session] = Sessions(config, lm)
+        self.sessions = self.table.sessions  # by id
         self.stats = EngineStats()
         self.started = time.monotonic()
         self.thread = ModelThread()
@@ -150,14 +152,7 @@ class VerifyEngine:
         per-client share of sessions.
         """
         self.expire()
-        if not session_id or len(session_id) > 128:
-            raise RequestError("invalid", "session_id must be 1 to 128 characters")
-        self._check_prompt(prompt)
-        held = self.sessions.get(session_id)
-        if held is not None and held.owner is not owner:
-            raise RequestError("exists", f"session_id {session_id!r} is held by another stream")
-        if held is None:
-            self._admit_session(client)
+        self.table.admit(session_id, prompt, owner, client)
         self.sessions[session_id] = Session(
             self.lm.session(),
             list(prompt),
@@ -169,38 +164,14 @@ class VerifyEngine:
         )
         return len(prompt)
 
-    def _admit_session(self, client: str) -> None:
-        c = self.config
-        if len(self.sessions) >= c.max_sessions:
-            raise RequestError("exhausted", f"all {c.max_sessions} sessions are in use")
-        held = sum(1 for s in self.sessions.values() if s.client == client)
-        if held >= c.max_client_sessions:
-            raise RequestError(
-                "exhausted",
-                f"client {client!r} holds {held} sessions, its share of {c.max_sessions}",
-            )
-
     def close(self, session_id: str, owner: object | None = None) -> bool:
         """Forget a session of ``owner``; False when it was not open. NOT_FOUND-kind
         RequestError when another owner holds it."""
-        if self.sessions.get(session_id) is None:
-            return False
-        self._session(session_id, owner)
-        del self.sessions[session_id]
-        return True
+        return self.table.close(session_id, owner)
 
     def close_owned(self, owner: object) -> int:
         """Forget every session of ``owner`` (its stream ended); how many there were."""
-        mine = [k for k, s in self.sessions.items() if s.owner is owner]
-        for k in mine:
-            del self.sessions[k]
-        return len(mine)
-
-    def _session(self, session_id: str, owner: object | None) -> Session:
-        s = self.sessions.get(session_id)
-        if s is None or s.owner is not owner:  # another stream's session does not exist for us
-            raise RequestError("not_found", f"unknown session {session_id!r} on this stream")
-        return s
+        return self.table.close_owned(owner)
 
     async def _sweep(self) -> None:
         while True:
@@ -209,36 +180,14 @@ class VerifyEngine:
 
     def expire(self) -> int:
         """Drop sessions idle past the TTL."""
-        now = time.monotonic()
-        dead = [
-            k
-            for k, s in self.sessions.items()
-            if not s.busy and now - s.last_used > self.config.session_ttl_s
-        ]
-        for k in dead:
-            del self.sessions[k]
-        self.stats.expired_sessions += len(dead)
-        return len(dead)
-
-    def _check_prompt(self, prompt: Sequence[int]) -> None:
-        check_prompt(prompt, self.lm.vocab_size, self.lm.max_len)
+        dead = self.table.expire()
+        self.stats.expired_sessions += dead
+        return dead
 
     # ------------------------------------------------------------------ verification
     def validate(self, r: Round, owner: object | None = None) -> Session:
         """The round's session, or a RequestError naming what is wrong with the round."""
-        s = self._session(r.session_id, owner)
-        k = len(r.proposal.tokens)  # 0: a round that decodes one target token (text drafts)
-        if not 0 <= k <= self.config.max_draft:
-            raise RequestError("invalid", f"draft length {k} outside [0, {self.config.max_draft}]")
-        check_token_ids(r.proposal.tokens, self.lm.vocab_size, "draft")
-        if r.base_position + k > self.lm.max_len - 1:
-            raise RequestError(
-                "invalid",
-                f"base_position {r.base_position} + {k} drafts exceed max_len {self.lm.max_len}",
-            )
-        if not s.params.greedy and r.proposal.q is None:
-            raise RequestError("invalid", "q: sampled requests must send draft distributions")
-        return s
+        return self.table.validate(r, owner, min_draft=0)  # 0: decode one token (text drafts)
 
     async def submit(self, r: Round, owner: object | None = None) -> RoundResult:
         """Verify one round of ``owner``'s session (batched with others); idempotent on round_id."""
@@ -283,7 +232,7 @@ class VerifyEngine:
         full."""
         if max_new < 1:
             raise RequestError("invalid", "max_new_tokens must be at least 1")
-        self._check_prompt(prompt)
+        check_prompt(prompt, self.lm.vocab_size, self.lm.max_len)
         g = self.generations.admit(prompt, params, max_new, eos_id, client)
         self.start()
         self.loop.wake()

@@ -172,7 +172,7 @@ class VllmEngine:
     # ------------------------------------------------------------------ verification
     async def submit(self, r: Round, owner: object | None = None) -> RoundResult:
         """Verify one round of ``owner``'s session; idempotent on round_id."""
-        s = self.table.validate(r, owner)
+        s = self.table.validate(r, owner, min_draft=1)
         if s.last_result is not None and s.last_result.round_id == r.round_id:
             return s.last_result
         if r.base_position != len(s.committed):
