@@ -102,8 +102,9 @@ class TextSession:
             generated += v.verdict.accepted + 1
             self._count(r.acc, v.verdict)
             done = v.verdict.ended or generated >= budget
-            streamed = self._stream(r, start, text, streamed, final=done)
-            if done or r.stopped or streamed < 0:
+            if streamed >= 0:  # once streaming diverged, the reply waits for the final text
+                streamed = self._stream(r, start, text, streamed, final=done)
+            if done or r.stopped:
                 break
         if streamed < 0 or not r.stopped:
             self._finish(r, start, text)

@@ -17,6 +17,7 @@ from test_reasoning_grpc import RespelledTokenizer, respelled_drafter
 
 from cloud_node.node import start_cloud
 from edge_node.clouds import CloudDirectory
+from edge_node.spec_types import Account
 from edge_node.speculation import SpecSettings, Speculator
 from models import task
 from models.fingerprint import fingerprint
@@ -197,3 +198,65 @@ def test_text_drafts_make_speculation_plannable_across_tokenizers() -> None:
 
     assert Mode.SPECULATION not in modes(Request(64))  # token ids cannot cross
     assert Mode.SPECULATION in modes(Request(64, text_drafts=True))  # greedy text drafts can
+
+
+class LongestMatch:
+    """A greedy longest-match tokenizer over "aaa", "a" and "b": "aa" is two tokens, "aaa" one,
+    so a token already streamed can merge with what follows (ids 3 and 4: BOS and EOS)."""
+
+    vocab = ["aaa", "a", "b"]
+    bos_id, eos_id, vocab_size = 3, 4, 5
+
+    def encode(self, text: str) -> list[int]:
+        out, i = [], 0
+        while i < len(text):
+            w = next(w for w in self.vocab if text.startswith(w, i))
+            out.append(self.vocab.index(w))
+            i += len(w)
+        return out
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.vocab[i] for i in ids if i < 3)
+
+
+def test_a_reply_that_retokenizes_differently_is_replaced_and_still_generated_to_the_end(
+    drafter,
+) -> None:
+    from edge_node.text_drafts import TextSession
+
+    tok = LongestMatch()
+    texts = ["a", "aa", "aaa", "aaab"]  # the cloud's text after each round; the last ends it
+
+    class Req:
+        committed = [tok.bos_id]
+        settings = SpecSettings(max_new=10, eos_id=None)
+        acc = Account()
+        stopped = False
+
+        def commit(self, tokens: list[int]) -> None:
+            self.committed.extend(tokens)
+
+        def left(self) -> int:
+            return self.settings.max_new - (len(self.committed) - 1)
+
+    async def exchange(msg: pb.SpecRequest) -> pb.SpecReply:
+        v = msg.verify
+        i = v.round_id - 1
+        return pb.SpecReply(
+            verdict=pb.VerifyReply(
+                session_id=v.session_id,
+                round_id=v.round_id,
+                base_position=v.base_position,
+                position=v.base_position + 1,
+                text=texts[i],
+                ended=i == len(texts) - 1,
+            )
+        )
+
+    async def compute(fn: Any) -> Any:
+        return fn()
+
+    r = Req()
+    run(TextSession(drafter, tok, compute, exchange).run(r, "s", 1, 0))  # type: ignore[arg-type]
+    assert r.committed == [tok.bos_id, *tok.encode("aaab")]  # the final text, not "a a a b"
+    assert r.acc.verify_rounds == len(texts)  # streaming diverged at "aaa"; generation went on
