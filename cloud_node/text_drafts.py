@@ -118,7 +118,7 @@ class TextSessions:
             )
         assert self.tok is not None  # a session exists only where open() found a tokenizer
         room = min(self.max_draft, self.max_len - 1 - base)
-        cand = [t for t in retokenize(self.tok, s.committed[:base], v.draft_text)]
+        cand = retokenize(self.tok, s.committed[:base], v.draft_text)
         cand = [t for t in cand if 0 <= t < self.vocab_size][: max(room, 0)]
         tokens = np.asarray(cand, dtype=np.int64)  # [k], k may be 0: one target token
         return Round(v.session_id, int(v.round_id), base, Proposal(tokens, None))
