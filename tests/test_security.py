@@ -348,13 +348,15 @@ def test_the_cli_flag_sets_security_for_the_command_and_its_children(monkeypatch
     from node_runtime import security
     from tandem.cli import main
 
-    monkeypatch.delenv("TANDEM_SECURITY", raising=False)
+    # setenv records the variable's state before the test, which teardown restores; a delenv
+    # after main() would record main's "plaintext" and leak it to every later test's children
+    monkeypatch.setenv("TANDEM_SECURITY", "auto")
     try:
         assert main(["--security", "plaintext", "profiles"]) == 0
         assert os.environ["TANDEM_SECURITY"] == "plaintext"  # what child processes inherit
         assert not security.default().secure
     finally:
-        monkeypatch.delenv("TANDEM_SECURITY", raising=False)
+        os.environ["TANDEM_SECURITY"] = "auto"
         security.set_default(None)
     assert security.default().secure  # auto again
     capsys.readouterr()
