@@ -35,6 +35,7 @@ from tqdm import tqdm
 from models.sampling import SamplingParams
 from node_runtime.serving import aio_channel
 from tandem import vllm_support as vs
+from tandem.bench_spec_vllm_report import RATIO_TARGET, plot_report, print_report
 from tandem.repeats import MIN_REPEATS, Spread, interleaved, paired_ratios
 from tandem.spec_rounds import RecordingStub, RoundRecord, acceptance_figures, records
 from tandem_wire.v1 import tandem_pb2 as pb
@@ -45,7 +46,6 @@ MAX_NEW = 48  # tokens per request at the most
 SESSIONS = 8  # concurrent sessions / clients behind server_throughput_gain_8
 CONTEXTS = (64, 256, 512, 1024, 1536)  # context lengths of the round-cost curve
 CURVE_ROUNDS = 4  # rounds per session on the curve; the first (cold cache) is not counted
-RATIO_TARGET = 0.6  # cloud_ms_per_token_ratio the issue asks for, at most
 
 
 @dataclass(frozen=True)
@@ -391,102 +391,9 @@ def _report(
         "sampled_statistics": stats,
         "config": {"quick": cfg.quick, "problems": cfg.problems, "repeats": cfg.repeats},
     }
-    _print(report)
-    _plot(report, cfg.out_dir / "vllm-bench.png")
+    print_report(report)
+    plot_report(report, cfg.out_dir / "vllm-bench.png")
     return report
-
-
-def _fmt(s: dict[str, Any]) -> str:
-    return f"{s['median']:.3f} [{s['min']:.3f}, {s['max']:.3f}]"
-
-
-def _print(r: dict[str, Any]) -> None:
-    rows = [
-        ("greedy_match (vs vLLM greedy)", _fmt(r["greedy_match"]), "1.0"),
-        ("cloud_ms_per_token_ratio", _fmt(r["cloud_ms_per_token_ratio"]), "<= 0.6"),
-        ("  speculation ms/token", _fmt(r["cloud_ms_per_token"]["speculation"]), ""),
-        ("  vLLM alone ms/token", _fmt(r["cloud_ms_per_token"]["vllm_alone"]), ""),
-        ("cloud CPU per token, spec / alone", _fmt(r["cloud_cpu_per_token_ratio"]), ""),
-        ("server_throughput_gain_8", _fmt(r["server_throughput_gain_8"]), "> 1"),
-        ("  tokens per cloud CPU s, 8: spec / alone", _fmt(r["server_cpu_efficiency_gain_8"]), ""),
-        ("mean_accepted_length", f"{r['mean_accepted_length']:.3f}", f"k={r['k']}"),
-    ]
-    surv = r["acceptance"]["survival"]
-    rows.append(("survival by position", " ".join(f"{v:.2f}" for v in surv), ""))
-    c = r["round_ms_vs_context"]
-    for i, n in enumerate(c["contexts"]):
-        rows.append(
-            (
-                f"round ms @ {n} (reuse | rescore | alone/token)",
-                f"{c['prefix_reuse_ms'][i]['median']:.1f} | {c['rescore_ms'][i]['median']:.1f}"
-                f" | {c['vllm_alone_ms_per_token'][i]['median']:.1f}",
-                "",
-            )
-        )
-    rows.append(
-        (
-            "switch context (reuse, rescore)",
-            str((c["switch_context_prefix_reuse"], c["switch_context_rescore"])),
-            "",
-        )
-    )
-    for name, s in r["sampled_statistics"].items():
-        rows.append(
-            (
-                f"sampled {name} ({s['rounds']} rounds)",
-                f"p={s['pvalue']:.3g} control p={s['negative_control_pvalue']:.3g}",
-                "p > 1e-3, control < 1e-3",
-            )
-        )
-    width = max(len(a) for a, _, _ in rows)
-    print(f"{'figure (median [min, max])'.ljust(width)}  value  target")
-    for a, b, t in rows:
-        print(f"{a.ljust(width)}  {b}  {t}")
-
-
-def _plot(r: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    c = r["round_ms_vs_context"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    n = c["contexts"]
-    for key, label in (
-        ("prefix_reuse_ms", "round, prefix cache read"),
-        ("rescore_ms", "round, context rescored"),
-    ):
-        med = [s["median"] for s in c[key]]
-        err = [
-            [m - s["min"] for m, s in zip(med, c[key], strict=True)],
-            [s["max"] - m for m, s in zip(med, c[key], strict=True)],
-        ]
-        left.errorbar(n, med, yerr=err, marker="o", capsize=3, label=label)
-    even = [s["median"] * c["tokens_per_round"] for s in c["vllm_alone_ms_per_token"]]
-    left.plot(n, even, "k--", label="break-even: vLLM alone x tokens/round")
-    left.set_xlabel("context tokens")
-    left.set_ylabel("ms (log scale)")
-    left.set_yscale("log")
-    left.set_title(f"verify round cost (k={r['k']}), vLLM on CPU")
-    left.legend(fontsize=8)
-    keys = ("greedy_match", "cloud_ms_per_token_ratio", "server_throughput_gain_8")
-    meds = [r[k]["median"] for k in keys]
-    errs = [
-        [m - r[k]["min"] for m, k in zip(meds, keys, strict=True)],
-        [r[k]["max"] - m for m, k in zip(meds, keys, strict=True)],
-    ]
-    right.bar(range(3), meds, yerr=errs, capsize=4)
-    right.axhline(1.0, color="k", lw=0.5)
-    right.axhline(RATIO_TARGET, color="r", lw=0.5, ls=":")
-    right.set_xticks(
-        range(3), ["greedy match", "cloud ms/token\nspec / alone", "tokens/s, 8\nspec / alone"]
-    )
-    right.set_title(f"median of {r['config']['repeats']} interleaved repeats")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"wrote {path}")
 
 
 def add_parser(subparsers: Any) -> None:
