@@ -32,6 +32,7 @@ from edge_node.drafter import MAX_SUPPORT, Ahead, Drafter, DraftResult
 from edge_node.pipeline import Flight, cut
 from edge_node.spec_types import Account, CloudPicker, Hooks, Replan, SpecResult, SpecSettings
 from edge_node.text_drafts import TextSession, offer_text_drafts
+from edge_node.verdicts import verdict_fault
 from models.base import CausalLM, Tokenizer
 from models.fingerprint import fingerprint
 from models.generate import StopRule, catch_up, decode
@@ -92,24 +93,6 @@ def draft_wire_bytes(support: int) -> int:
 def max_draft_in_message(support: int = MAX_SUPPORT, cap: int = MAX_MESSAGE_BYTES) -> int:
     """The largest k whose verify message stays within the message cap."""
     return max(1, (cap - _ROUND_OVERHEAD_BYTES) // draft_wire_bytes(support))
-
-
-def verdict_fault(
-    v: pb.VerifyReply, sid: str, rid: int, base: int, drafted: int, vocab_size: int
-) -> str | None:
-    """What is wrong with a verdict for round ``rid`` over ``drafted`` drafts at ``base``, or
-    None. A cloud that answers a wrong verdict is treated as lost: nothing it says is kept."""
-    if v.session_id != sid or v.round_id != rid:
-        return f"verdict for session {v.session_id!r} round {v.round_id}, expected round {rid}"
-    if v.base_position != base:
-        return f"verdict at base_position {v.base_position}, expected {base}"
-    if not 0 <= v.accepted <= drafted:
-        return f"accepted {v.accepted} outside [0, {drafted}]"
-    if not 0 <= v.next_token < vocab_size:
-        return f"next_token {v.next_token} outside the vocabulary of {vocab_size}"
-    if v.position != base + v.accepted + 1:
-        return f"position {v.position}, expected {base + v.accepted + 1}"
-    return None
 
 
 class _CloudLost(Exception):

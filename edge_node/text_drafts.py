@@ -24,6 +24,7 @@ from functools import partial
 from typing import Protocol, TypeVar
 
 from edge_node.spec_types import Account, SpecSettings
+from edge_node.verdicts import text_fault
 from models.base import CausalLM, Tokenizer
 from models.uad import TextDrafter
 from node_runtime.errors import Precondition
@@ -45,19 +46,6 @@ class Committer(Protocol):
     def commit(self, tokens: list[int]) -> None: ...
 
     def left(self) -> int: ...
-
-
-def text_fault(v: pb.VerifyReply, sid: str, rid: int, base: int) -> str | None:
-    """What is wrong with a text-draft verdict, or None (a wrong one loses the cloud)."""
-    if v.session_id != sid or v.round_id != rid:
-        return f"verdict for session {v.session_id!r} round {v.round_id}, expected round {rid}"
-    if v.base_position != base:
-        return f"verdict at base_position {v.base_position}, expected {base}"
-    if not 0 <= v.accepted <= v.drafted:
-        return f"accepted {v.accepted} outside [0, {v.drafted}]"
-    if v.position != base + v.accepted + 1:
-        return f"position {v.position}, expected {base + v.accepted + 1}"
-    return None
 
 
 class TextSession:
