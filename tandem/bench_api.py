@@ -14,7 +14,6 @@ return the same texts. Not emulated: real processes on this machine's loopback.
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from tqdm import tqdm
 from models import task
 from node_runtime.serving import aio_channel
 from tandem.repeats import Spread, interleaved, paired_ratios
+from tandem.report import write_json
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 
@@ -188,8 +188,5 @@ def add_parser(sub: Any) -> None:
 def _run(args: Any) -> int:
     cfg = ApiBenchConfig(problems=args.problems, repeats=args.repeats, out_dir=Path(args.out))
     report = run_api_bench(cfg)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
+    write_json(args.json, report)
     return 0 if report["same_texts"] else 1

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tandem.report import write_json
+
 
 @dataclass(frozen=True)
 class ChaosBenchConfig:
@@ -190,16 +192,15 @@ def run_chaos_bench(cfg: ChaosBenchConfig) -> dict[str, Any]:
 def _handler(args: argparse.Namespace) -> int:
     cfg = ChaosBenchConfig.make(args.quick, Path(args.out))
     report = run_chaos_bench(cfg)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=1, default=str))
-    print(f"wrote {args.json}")
+    write_json(args.json, report)
     return 0
 
 
 def add_parser(subparsers: Any) -> None:
     """``tandem bench chaos``, attached to the existing ``bench`` command."""
-    bench = subparsers.choices["bench"]
-    bsub = next(a for a in bench._actions if isinstance(a, argparse._SubParsersAction))
+    from tandem.cli import bench_subcommands
+
+    bsub = bench_subcommands(subparsers)
     p = bsub.add_parser(
         "chaos", help="faults on real processes, a 64-session soak, fuzzing, auth probes"
     )

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tandem.repeats import Spread, Target, interleaved, paired_ratios
+from tandem.report import write_json
 
 POLICY_NAMES = ("lru", "lfu", "shallow")
 BUDGETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
@@ -425,17 +426,15 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def _handler(args: argparse.Namespace) -> int:
     cfg = MoEBenchConfig(quick=args.quick, out_dir=Path(args.out))
     report = run_moe_bench(cfg)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
-        print(f"wrote {args.json}")
+    write_json(args.json, report)
     return 0
 
 
 def add_parser(subparsers: Any) -> None:
     """``tandem bench moe``, attached to the existing ``bench`` command."""
-    bench = subparsers.choices["bench"]
-    bsub = next(a for a in bench._actions if isinstance(a, argparse._SubParsersAction))
+    from tandem.cli import bench_subcommands
+
+    bsub = bench_subcommands(subparsers)
     p = bsub.add_parser(
         "moe", help="MoE expert offloading: tiers, cache, prediction, emulated link"
     )

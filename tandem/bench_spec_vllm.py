@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -37,6 +36,7 @@ from node_runtime.serving import aio_channel
 from tandem import vllm_support as vs
 from tandem.bench_spec_vllm_report import RATIO_TARGET, plot_report, print_report
 from tandem.repeats import MIN_REPEATS, Spread, interleaved, paired_ratios
+from tandem.report import write_json
 from tandem.spec_rounds import RecordingStub, RoundRecord, acceptance_figures, records
 from tandem_wire.v1 import tandem_pb2 as pb
 from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
@@ -398,8 +398,9 @@ def _report(
 
 def add_parser(subparsers: Any) -> None:
     """``--cloud-engine`` on the existing ``tandem bench spec``."""
-    bench = subparsers.choices["bench"]
-    bsub = next(a for a in bench._actions if isinstance(a, argparse._SubParsersAction))
+    from tandem.cli import bench_subcommands
+
+    bsub = bench_subcommands(subparsers)
     spec = bsub.choices["spec"]
     spec.add_argument(
         "--cloud-engine",
@@ -415,10 +416,7 @@ def add_parser(subparsers: Any) -> None:
             return int(fallback(args))
         out = Path(args.out) if args.out != "runs/bench-spec" else Path("runs/vllm-bench")
         report = run_vllm_bench(VllmBenchConfig(quick=args.quick, out_dir=out))
-        if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(report, indent=2))
-            print(f"wrote {args.json}")
+        write_json(args.json, report)
         return 0
 
     spec.set_defaults(fn=handler)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from node_runtime.kinds import KPolicy
+from tandem.report import write_json
 
 # Modules that add their own subcommands: each has ``add_parser(subparsers)``, imports its heavy
 # dependencies inside its handlers, and sets ``func`` on its parsers.
@@ -163,11 +164,14 @@ def _bench(args: argparse.Namespace) -> int:
         from tandem.bench_reason import ReasonBenchConfig, run_reason_bench
 
         report = run_reason_bench(ReasonBenchConfig(quick=args.quick, out_dir=Path(args.out)))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
+    write_json(args.json, report)
     return 0
+
+
+def bench_subcommands(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The sub-commands of ``tandem bench``, for a command module that attaches one."""
+    bench = subparsers.choices["bench"]
+    return next(a for a in bench._actions if isinstance(a, argparse._SubParsersAction))
 
 
 def build_parser() -> argparse.ArgumentParser:

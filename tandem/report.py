@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+
+def write_json(path: str | Path, report: Mapping[str, Any]) -> None:
+    """Write ``report`` to ``path`` as JSON (its folder made) and say so; nothing when ``path``
+    is empty."""
+    if not path:
+        return
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str))
+    print(f"wrote {out}")
 
 
 def _fmt(v: object) -> str:

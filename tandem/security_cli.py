@@ -5,10 +5,11 @@ security-audit`` (counts unauthenticated calls a cluster accepts) and ``tandem s
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from tandem.report import write_json
 
 
 def _node_spec(text: str) -> tuple[str, list[str]]:
@@ -70,10 +71,7 @@ def _audit(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper())  # refusals are logged as warnings
     report = asyncio.run(run_audit(args.mode))
     print_report(report)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
+    write_json(args.json, report)
     secure = args.mode != "plaintext"
     return 0 if not secure or report["unauthenticated_accepted"] == 0 else 1
 
