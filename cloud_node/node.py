@@ -175,23 +175,37 @@ async def run_cloud(config: CloudConfig, ready_file: Path | None = None) -> None
         max_sessions=config.engine.max_sessions,
         tokenizer=fingerprint(tok),
     )
-    probe = LoadProbe(node.engine)
-    stop_node = node.stop
+    http = None
     if config.metrics_port >= 0:
         metrics = NodeMetrics("cloud", node.servicer.node_id)
         instrument(metrics, node.engine, lm.name)
-        http = MetricsServer(metrics, config.metrics_host, config.metrics_port)
-        log_event(log, "metrics_listening", address=await http.start())
+        http = await start_metrics(metrics, config)
+    await serve_until_stopped(node, LoadProbe(node.engine), info, config, ready_file, http)
 
-        async def stop_node() -> None:
-            await http.stop()
-            await node.stop()
 
-    stop_serving = stop_node
+async def start_metrics(metrics: NodeMetrics, config: CloudConfig) -> MetricsServer:
+    """Serve ``metrics`` at ``/metrics`` on the configured port."""
+    http = MetricsServer(metrics, config.metrics_host, config.metrics_port)
+    log_event(log, "metrics_listening", address=await http.start())
+    return http
+
+
+async def serve_until_stopped(
+    node: CloudNode,
+    probe: LoadProbe,
+    info: pb.NodeInfo,
+    config: CloudConfig,
+    ready_file: Path | None,
+    http: MetricsServer | None,
+) -> None:
+    """Publish telemetry and register until SIGTERM/SIGINT; then report NOT_SERVING, deregister,
+    drain the calls in progress, and stop ``/metrics`` and the node (either engine)."""
 
     async def stop_drained() -> None:  # deregistered by now: wait for the work in progress
         await node.drain(config.drain_s)
-        await stop_serving()
+        if http is not None:
+            await http.stop()
+        await node.stop()
 
     await run_node(
         info,

@@ -97,7 +97,8 @@ async def serve_metrics(engine: VllmEngine, config: CloudConfig, node_id: str) -
     ``tandem_cloud_engine{name=...}``, read at scrape time; None without a port."""
     if config.metrics_port < 0:
         return None
-    from node_runtime.metrics import MetricsServer, NodeMetrics
+    from cloud_node.node import start_metrics
+    from node_runtime.metrics import NodeMetrics
 
     metrics = NodeMetrics("cloud", node_id)
     metrics.watch(
@@ -106,9 +107,7 @@ async def serve_metrics(engine: VllmEngine, config: CloudConfig, node_id: str) -
         lambda: {(k,): float(v) for k, v in engine.metrics().items()},
         labels=("name",),
     )
-    http = MetricsServer(metrics, config.metrics_host, config.metrics_port)
-    log_event(log, "metrics_listening", address=await http.start())
-    return http
+    return await start_metrics(metrics, config)
 
 
 async def run_vllm_cloud(config: CloudConfig, ready_file: Path | None = None) -> None:
@@ -116,9 +115,8 @@ async def run_vllm_cloud(config: CloudConfig, ready_file: Path | None = None) ->
     SIGTERM/SIGINT drain like the torch node (NOT_SERVING, then wait for calls in progress)."""
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-    from cloud_node.node import CloudNode, LoadProbe
+    from cloud_node.node import CloudNode, LoadProbe, serve_until_stopped
     from cloud_node.service import CloudServicer
-    from node_runtime.lifecycle import run_node
     from node_runtime.serving import DrainGate, aio_server, bind
     from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 
@@ -160,22 +158,5 @@ async def run_vllm_cloud(config: CloudConfig, ready_file: Path | None = None) ->
     # the node's own lifecycle and load figures, duck-typed over the vLLM engine
     node = CloudNode(server, address, engine, servicer, gate, health_servicer)  # type: ignore[arg-type]
     probe = LoadProbe(engine)  # type: ignore[arg-type]
-
     http = await serve_metrics(engine, config, node_id)
-
-    async def stop_drained() -> None:  # deregistered by now: wait for the work in progress
-        await node.drain(config.drain_s)
-        if http is not None:
-            await http.stop()
-        await node.stop()
-
-    await run_node(
-        info,
-        "cloud",
-        config.coordinator,
-        probe.heartbeat,
-        probe.reading,
-        stop_drained,
-        ready_file,
-        node.begin_drain,
-    )
+    await serve_until_stopped(node, probe, info, config, ready_file, http)
