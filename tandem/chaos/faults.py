@@ -193,6 +193,16 @@ async def _victim_busy(env: Env, victim: str, limit_s: float = 8.0) -> int | Non
     return int(got[-1]) if got else None
 
 
+def _mark_outage(env: Env, res: FaultResult, victims: tuple[str, ...]) -> None:
+    """Mark the requests open between the fault and the healing that the victims' loss touched,
+    and time the edge's detection of the first victim (its ``cloud_lost`` line)."""
+    recs = [r for r in env.load.records if r.scenario == env.load.scenario]
+    during = [r for r in recs if r.start <= res.healed_at and r.end >= res.fault_at]
+    for v in victims:
+        _mark(res, during, _lost(v))
+    res.detect_s = _first_event(env.cluster, EDGE, "cloud_lost", res.fault_at, cloud=victims[0])
+
+
 async def kill_cloud(env: Env, res: FaultResult, victims: tuple[str, ...] = (VICTIM,)) -> None:
     """kill -9 cloud(s) mid-stream; the other cloud takes over, or the edge degrades."""
 
@@ -205,12 +215,7 @@ async def kill_cloud(env: Env, res: FaultResult, victims: tuple[str, ...] = (VIC
         r.healed_at = time.time()
 
     await _loaded(env, fault, res)
-    recs = [r for r in env.load.records if r.scenario == env.load.scenario]
-    for v in victims:
-        _mark(
-            res, [r for r in recs if r.start <= res.healed_at and (r.end >= res.fault_at)], _lost(v)
-        )
-    res.detect_s = _first_event(env.cluster, EDGE, "cloud_lost", res.fault_at, cloud=victims[0])
+    _mark_outage(env, res, victims)
 
 
 async def freeze_cloud(env: Env, res: FaultResult) -> None:
@@ -225,11 +230,7 @@ async def freeze_cloud(env: Env, res: FaultResult) -> None:
         r.extra["sessions_freed_after_resume_s"] = freed
 
     await _loaded(env, fault, res)
-    recs = [r for r in env.load.records if r.scenario == env.load.scenario]
-    _mark(
-        res, [r for r in recs if r.start <= res.healed_at and r.end >= res.fault_at], _lost(VICTIM)
-    )
-    res.detect_s = _first_event(env.cluster, EDGE, "cloud_lost", res.fault_at, cloud=VICTIM)
+    _mark_outage(env, res, (VICTIM,))
 
 
 async def blackhole_link(env: Env, res: FaultResult) -> None:
@@ -253,11 +254,7 @@ async def blackhole_link(env: Env, res: FaultResult) -> None:
         r.healed_at = time.time()
 
     await _loaded(env, fault, res)
-    recs = [r for r in env.load.records if r.scenario == env.load.scenario]
-    _mark(
-        res, [r for r in recs if r.start <= res.healed_at and r.end >= res.fault_at], _lost(VICTIM)
-    )
-    res.detect_s = _first_event(env.cluster, EDGE, "cloud_lost", res.fault_at, cloud=VICTIM)
+    _mark_outage(env, res, (VICTIM,))
 
 
 async def restart_coordinator(env: Env, res: FaultResult) -> None:
