@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 from test_reasoning_grpc import RespelledTokenizer, respelled_drafter
+from test_speculation_grpc import _stream
 
 from cloud_node.node import start_cloud
 from edge_node.clouds import CloudDirectory
@@ -25,9 +26,7 @@ from models.generate import generate
 from models.sampling import SamplingParams
 from models.uad import start_ids, text_after
 from node_runtime.errors import Precondition
-from node_runtime.serving import aio_channel
 from tandem_wire.v1 import tandem_pb2 as pb
-from tandem_wire.v1 import tandem_pb2_grpc as pb_grpc
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -71,17 +70,6 @@ def test_greedy_text_drafts_give_the_targets_output(tok, target, respelled) -> N
         assert 0 < acc.verify_rounds < len(want.split())  # drafts were kept: fewer passes
         accepted, drafted = accepted + acc.accepted_tokens, drafted + acc.drafted_tokens
     assert drafted > 0 and accepted / drafted >= 0.5
-
-
-async def _stream(address: str, messages: list[pb.SpecRequest]) -> list[pb.SpecReply]:
-    async with aio_channel(address) as ch:
-        call = pb_grpc.CloudStub(ch).Speculate(timeout=20)
-        out = []
-        for m in messages:
-            await call.write(m)
-            out.append(await call.read())
-        await call.done_writing()
-        return out
 
 
 def _open(sid: str, text: str, temperature: float = 0.0) -> pb.SpecRequest:
