@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from node_runtime.handlers import rewrap
 from node_runtime.serving import log_event
 
 log = logging.getLogger("node_runtime.auth")
@@ -103,15 +104,6 @@ def _checked(fn: Callable[..., Any], kind: str, method: str) -> Callable[..., An
     return unary
 
 
-_KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
-_FACTORIES = {
-    "unary_unary": grpc.unary_unary_rpc_method_handler,
-    "unary_stream": grpc.unary_stream_rpc_method_handler,
-    "stream_unary": grpc.stream_unary_rpc_method_handler,
-    "stream_stream": grpc.stream_stream_rpc_method_handler,
-}
-
-
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without the cluster's bearer token (and, with ``require_cert``, without a
     verified client certificate) with UNAUTHENTICATED and a message; logs each refusal."""
@@ -134,15 +126,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        kind = next(k for k in _KINDS if getattr(handler, k))
-        io = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
+        method = details.method
         reason = check_token(self._token, details.invocation_metadata)
         if reason is not None:
             self.refused += 1
-            return _FACTORIES[kind](_refusal(kind, details.method, reason), **io)
+            return rewrap(handler, lambda _fn, kind: _refusal(kind, method, reason))
         if not self._require_cert:
             return handler
-        return _FACTORIES[kind](_checked(getattr(handler, kind), kind, details.method), **io)
+        return rewrap(handler, lambda fn, kind: _checked(fn, kind, method))

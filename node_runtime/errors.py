@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from node_runtime.handlers import rewrap
 from node_runtime.serving import log_event
 
 log = logging.getLogger("node_runtime.errors")
@@ -142,23 +143,8 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = details.method
-        io = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        unary_io = {**io, "request_deserializer": _lenient(handler.request_deserializer)}
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method), **unary_io
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method), **io
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method), **unary_io
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(handler.stream_stream, method), **io
-        )
+
+        def wrap(fn: Any, kind: str) -> Any:  # by the response: one message, or a stream
+            return (_wrap_unary if kind.endswith("_unary") else _wrap_stream)(fn, method)
+
+        return rewrap(handler, wrap, _lenient(handler.request_deserializer))

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from node_runtime.handlers import rewrap
 from node_runtime.security import SecurityConfig, channel_credentials, server_credentials, token
 from node_runtime.security import default as default_security
 from tandem_wire.caps import GRPC_OPTIONS
@@ -119,17 +120,10 @@ class DrainGate(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or self._exempt(details.method):
             return handler
-        io = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(self._unary(handler.unary_unary), **io)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(self._unary(handler.stream_unary), **io)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(self._stream(handler.unary_stream), **io)
-        return grpc.stream_stream_rpc_method_handler(self._stream(handler.stream_stream), **io)
+        return rewrap(handler, self._wrap)
+
+    def _wrap(self, fn: Any, kind: str) -> Any:  # by the response: one message, or a stream
+        return self._unary(fn) if kind.endswith("_unary") else self._stream(fn)
 
 
 async def begin_drain(health: Any, gate: DrainGate | None) -> None:
